@@ -1,0 +1,143 @@
+"""Prediction for Label Studio tasks: support lookup, image fetching, conversion. No HTTP here."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from backend.convert import points_to_regions
+from backend.fetch import ImageFetcher
+from backend.label_config import KeypointControl
+from backend.ls_client import LabelStudioClient, LabelStudioError
+from backend.settings import Settings
+from backend.support import SupportCache, SupportRef, select_support
+from kp_model.images import ImageLoadError
+from kp_model.predictor import PredictorConfig, SupportError, build_predictor
+
+log = logging.getLogger(__name__)
+
+
+class BatchTooLargeError(ValueError):
+    """More tasks in one /predict than KPASSIST_MAX_BATCH allows."""
+
+
+@dataclass
+class Connection:
+    """How to reach the Label Studio server of one project."""
+
+    client: LabelStudioClient | None
+    fetcher: ImageFetcher
+
+
+class PredictionService:
+    """Shared by every model instance of the process: support caches survive /setup calls."""
+
+    def __init__(self, settings: Settings, predictor_cfg: PredictorConfig | None = None) -> None:
+        self.settings = settings
+        self.predictor_cfg = predictor_cfg or (
+            PredictorConfig.from_file(settings.engine_config) if settings.engine_config else PredictorConfig()
+        )
+        self.supports = SupportCache(lambda: build_predictor(self.predictor_cfg))
+        self._connections: dict[tuple[str, str], Connection] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def engine_version(self) -> str:
+        return self.predictor_cfg.version
+
+    def connection(self, hostname: str = "", access_token: str = "") -> Connection:
+        """Client + image fetcher for a Label Studio server (the /setup one, else the environment's)."""
+        url = hostname or self.settings.label_studio_url
+        key = access_token or self.settings.label_studio_api_key
+        with self._lock:
+            conn = self._connections.get((url, key))
+            if conn is None:
+                client = LabelStudioClient(url, key) if url else None
+                root = Path(self.settings.local_root) if self.settings.local_root else None
+                fetcher = ImageFetcher(client, root, self.settings.max_image_bytes, self.settings.max_image_pixels)
+                conn = self._connections[(url, key)] = Connection(client, fetcher)
+            return conn
+
+    def find_support(self, project: int | None, control: KeypointControl, conn: Connection) -> SupportRef | None:
+        """The project's current support annotation for ``control``, or None when there is none yet."""
+        if project is None or conn.client is None:
+            log.warning(
+                "no support: %s",
+                "unknown project"
+                if project is None
+                else "no Label Studio URL (connect from Label Studio or set LABEL_STUDIO_URL)",
+            )
+            return None
+        return select_support(conn.client.annotated_tasks(project), control)
+
+    def model_version(self, project: int | None, controls: list[KeypointControl], conn: Connection) -> str:
+        """Engine version plus the support annotation(s) in use: LS re-predicts when the support changes."""
+        try:
+            refs = [self.find_support(project, control, conn) for control in controls]
+        except LabelStudioError as exc:
+            log.warning("project %s: cannot look up the support annotation: %s", project, exc)
+            return self.engine_version
+        return self._version(refs)
+
+    def _version(self, refs: list[SupportRef | None]) -> str:
+        keys = [ref.key.replace(":", "").replace("+", "") for ref in refs if ref is not None]
+        return self.engine_version + ("+support." + ".".join(keys) if keys else "")
+
+    def predict(
+        self, tasks: list[dict], controls: list[KeypointControl], project: int | None, conn: Connection
+    ) -> tuple[list, str]:
+        """Predictions and the model version they come from.
+
+        Returns one entry per task, in order: ``{"result": regions, "score": s}``, or ``[]`` (no
+        prediction stored) for a task that failed or when the project has no support annotation yet.
+        """
+        if len(tasks) > self.settings.max_batch:
+            raise BatchTooLargeError(f"{len(tasks)} tasks in one request; at most {self.settings.max_batch} (KPASSIST_MAX_BATCH)")
+        supports = []
+        refs = [self.find_support(project, control, conn) for control in controls]
+        for control, ref in zip(controls, refs, strict=True):
+            if ref is None:
+                log.info(
+                    "project %s: no annotation with %s keypoints yet: annotate one image to get predictions",
+                    project,
+                    control.from_name,
+                )
+                continue
+            try:
+                supports.append((control, self.supports.get(project or 0, control, ref, conn.fetcher.fetch)))
+            except (ImageLoadError, SupportError) as exc:
+                log.error("project %s: support annotation %s unusable: %s", project, ref.annotation_id, exc)
+        results: list = []
+        t0 = time.perf_counter()
+        for task in tasks:
+            results.append(self._predict_task(task, supports, conn) if supports else [])
+        log.info("project %s: %d tasks predicted in %.2fs", project, len(tasks), time.perf_counter() - t0)
+        return results, self._version(refs)
+
+    def _predict_task(self, task: dict, supports: list, conn: Connection) -> dict | list:
+        regions, scores = [], []
+        images: dict[str, np.ndarray] = {}
+        task_id = task.get("id") if isinstance(task, dict) else None
+        for control, cached in supports:
+            data = task.get("data") if isinstance(task, dict) else None
+            ref = data.get(control.image_field) if isinstance(data, dict) else None
+            try:
+                if ref is None:
+                    raise ImageLoadError(f"task has no data.{control.image_field} field for <Image name={control.to_name}>")
+                if ref not in images:
+                    images[ref] = conn.fetcher.fetch(ref)
+            except ImageLoadError as exc:
+                log.warning("task %s: skipped, %s", task_id, exc)
+                return []
+            image = images[ref]
+            pred = cached.predictor.predict([image])[0]
+            h, w = image.shape[:2]
+            found = points_to_regions(pred.names, pred.points, pred.scores, w, h, control, self.settings.score_threshold)
+            regions.extend(found)
+            scores.extend(r["score"] for r in found)
+        return {"result": regions, "score": round(float(np.mean(scores)), 4) if scores else 0.0}

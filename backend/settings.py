@@ -1,0 +1,74 @@
+"""Backend settings, read from the environment when the app is built (never at import)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the backend cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    label_studio_url: str = ""  # LABEL_STUDIO_URL: where images and annotations are fetched when /setup gave no hostname
+    label_studio_api_key: str = ""  # LABEL_STUDIO_API_KEY: legacy token or personal access token (never logged)
+    score_threshold: float = 0.05  # KPASSIST_SCORE_THRESHOLD: keypoints scoring below it are left out of predictions
+    engine_config: str = ""  # KPASSIST_ENGINE_CONFIG: JSON file of a PredictorConfig; empty = built-in default
+    data_dir: str = "var"  # KPASSIST_DATA_DIR: where the backend keeps its state (versions, logs)
+    local_root: str = ""  # KPASSIST_LOCAL_ROOT: directory served for /data/local-files and local paths; empty = any path
+    max_image_pixels: int = 64_000_000  # KPASSIST_MAX_IMAGE_PIXELS: bigger images are refused (decompression bombs)
+    max_image_bytes: int = 50_000_000  # KPASSIST_MAX_IMAGE_BYTES: bigger downloads are refused
+    max_batch: int = 1000  # KPASSIST_MAX_BATCH: most tasks accepted in one /predict
+    redis_url: str = "redis://127.0.0.1:6379/0"  # REDIS_URL: the RQ queue's Redis
+    queue_name: str = "kpassist"  # KPASSIST_QUEUE: RQ queue the training worker listens on
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise SettingsError(f"score_threshold (KPASSIST_SCORE_THRESHOLD) must be in [0, 1], got {self.score_threshold}")
+        for name in ("max_image_pixels", "max_image_bytes", "max_batch"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.engine_config and not Path(self.engine_config).is_file():
+            raise SettingsError(f"engine_config (KPASSIST_ENGINE_CONFIG) {self.engine_config!r} is not a file")
+        if self.local_root and not Path(self.local_root).is_dir():
+            raise SettingsError(f"local_root (KPASSIST_LOCAL_ROOT) {self.local_root!r} is not a directory")
+        if not self.queue_name:
+            raise SettingsError("queue_name (KPASSIST_QUEUE) must not be empty")
+
+    def __repr__(self) -> str:  # the API key stays out of logs and tracebacks
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["label_studio_api_key"] = "***" if self.label_studio_api_key else ""
+        return f"Settings({shown})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        names = {
+            "label_studio_url": "LABEL_STUDIO_URL",
+            "label_studio_api_key": "LABEL_STUDIO_API_KEY",
+            "score_threshold": "KPASSIST_SCORE_THRESHOLD",
+            "engine_config": "KPASSIST_ENGINE_CONFIG",
+            "data_dir": "KPASSIST_DATA_DIR",
+            "local_root": "KPASSIST_LOCAL_ROOT",
+            "max_image_pixels": "KPASSIST_MAX_IMAGE_PIXELS",
+            "max_image_bytes": "KPASSIST_MAX_IMAGE_BYTES",
+            "max_batch": "KPASSIST_MAX_BATCH",
+            "redis_url": "REDIS_URL",
+            "queue_name": "KPASSIST_QUEUE",
+        }
+        kwargs: dict[str, object] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for attr, var in names.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            kind = types[attr]
+            try:
+                kwargs[attr] = float(raw) if kind == "float" else int(raw) if kind == "int" else raw
+            except ValueError as exc:
+                raise SettingsError(f"{var}={raw!r} is not a valid {kind}") from exc
+        return cls(**kwargs)

@@ -1,0 +1,123 @@
+"""Choosing the support annotation of a project and caching its features."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from backend.convert import AnnotationFormatError, percent_to_pixels, regions_to_points
+from backend.label_config import KeypointControl
+from kp_model.predictor import KeypointPredictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SupportRef:
+    """The annotation chosen as support for one control. xy_percent: (K, 2) percent of the image."""
+
+    annotation_id: int
+    updated_at: str
+    task_id: int
+    image_ref: str
+    names: tuple[str, ...]
+    xy_percent: tuple[tuple[float, float], ...]
+
+    @property
+    def key(self) -> str:
+        """Changes whenever the annotation does: the cache key and part of the model version."""
+        return f"{self.annotation_id}@{self.updated_at}"
+
+
+def select_support(tasks: Iterable[dict], control: KeypointControl) -> SupportRef | None:
+    """The most recently updated, not cancelled annotation with at least one keypoint of ``control``.
+
+    Args:
+        tasks: Label Studio task dicts carrying ``annotations`` and ``data``.
+    """
+    best: tuple[datetime, SupportRef] | None = None
+    for task in tasks:
+        image_ref = (task.get("data") or {}).get(control.image_field)
+        if not isinstance(image_ref, str):
+            continue
+        for ann in task.get("annotations") or []:
+            if not isinstance(ann, dict) or ann.get("was_cancelled"):
+                continue
+            try:
+                points = regions_to_points(ann.get("result") or [], control)
+            except AnnotationFormatError as exc:
+                log.warning("annotation %s of task %s skipped as support: %s", ann.get("id"), task.get("id"), exc)
+                continue
+            if len(points) == 0:
+                continue
+            stamp = str(ann.get("updated_at") or ann.get("created_at") or "")
+            when = _parse_time(stamp)
+            ref = SupportRef(
+                int(ann["id"]),
+                stamp,
+                int(task.get("id", 0)),
+                image_ref,
+                tuple(points.names),
+                tuple((float(x), float(y)) for x, y in points.xy_percent),
+            )
+            if best is None or (when, ref.annotation_id) > (best[0], best[1].annotation_id):
+                best = (when, ref)
+    return None if best is None else best[1]
+
+
+@dataclass
+class CachedSupport:
+    ref: SupportRef
+    predictor: KeypointPredictor
+
+
+class SupportCache:
+    """Per (project, control) support predictors; rebuilt only when the support annotation changes."""
+
+    def __init__(self, make_predictor: Callable[[], KeypointPredictor]) -> None:
+        self._make = make_predictor
+        self._items: dict[tuple[int, str], CachedSupport] = {}
+        self._lock = threading.Lock()
+        self.builds = 0  # how many times support features were computed (observability, tests)
+
+    def get(self, project: int, control: KeypointControl, ref: SupportRef, load_image: Callable[[str], object]) -> CachedSupport:
+        """Cached predictor for ``ref``, computing the support features if ``ref`` is new.
+
+        Raises:
+            ImageLoadError / SupportError: the support image or its points are unusable.
+        """
+        key = (project, control.from_name)
+        with self._lock:
+            cached = self._items.get(key)
+            if cached is not None and cached.ref.key == ref.key:
+                return cached
+            image = load_image(ref.image_ref)
+            h, w = image.shape[:2]
+            predictor = self._make()
+            predictor.set_support(image, percent_to_pixels(ref.xy_percent, w, h), list(ref.names))
+            self.builds += 1
+            cached = CachedSupport(ref, predictor)
+            self._items[key] = cached
+            log.info(
+                "project %s: support set from annotation %s (task %s, %d keypoints)",
+                project,
+                ref.annotation_id,
+                ref.task_id,
+                len(ref.names),
+            )
+            return cached
+
+    def invalidate(self, project: int) -> None:
+        with self._lock:
+            for key in [k for k in self._items if k[0] == project]:
+                del self._items[key]
+
+
+def _parse_time(stamp: str) -> datetime:
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=None) if not stamp else datetime.fromtimestamp(0)

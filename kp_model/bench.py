@@ -1,0 +1,96 @@
+"""One-shot accuracy benchmark: the default engine vs copying the support, on COCO keypoint folders."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kp_model.evaluate import copy_engine, evaluate_folder, summarise
+from kp_model.predictor import PredictorConfig, build_predictor
+
+log = logging.getLogger(__name__)
+
+
+class CachedSupportEngine:
+    """Evaluation engine around a KeypointPredictor: the support is set once per distinct support."""
+
+    def __init__(self, cfg: PredictorConfig) -> None:
+        self.predictor = build_predictor(cfg)
+        self._key: bytes | None = None
+
+    def __call__(self, support: np.ndarray, keypoints: np.ndarray, query: np.ndarray) -> np.ndarray:
+        key = keypoints.tobytes() + support[:: max(1, support.shape[0] // 16), :: max(1, support.shape[1] // 16)].tobytes()
+        if key != self._key:
+            self.predictor.set_support(support, keypoints, [str(i) for i in range(len(keypoints))])
+            self._key = key
+        return self.predictor.predict([query])[0].points
+
+
+def machine_info() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def run_oneshot_bench(
+    data: Path, folders: list[str] | None = None, max_queries: int | None = None, config: str | None = None
+) -> dict:
+    """PCK@0.05/0.1/0.2 and mean error per folder for the default engine and the copy baseline.
+
+    ``data`` is either one COCO keypoint folder or a folder of them.
+    """
+    cfg = PredictorConfig.from_file(config) if config else PredictorConfig()
+    if (data / "annotations.json").is_file():
+        paths = [data]
+    else:
+        paths = sorted(p for p in data.iterdir() if (p / "annotations.json").is_file())
+        if folders:
+            paths = [p for p in paths if p.name in set(folders)]
+    if not paths:
+        raise FileNotFoundError(f"{data}: no COCO keypoint folder (images/ + annotations.json) found")
+    per_folder = {}
+    t0 = time.perf_counter()
+    for path in paths:
+        engines = {"oneshot": CachedSupportEngine(cfg), "copy": copy_engine}
+        results = evaluate_folder(path, engines, max_queries)
+        per_folder[path.name] = {name: summarise(pairs) for name, pairs in results.items()}
+        log.info(
+            "%s: oneshot PCK@0.2 %.3f, copy %.3f",
+            path.name,
+            per_folder[path.name]["oneshot"]["pck@0.2"],
+            per_folder[path.name]["copy"]["pck@0.2"],
+        )
+    summary = {}
+    for group, names in {
+        "all_folders": list(per_folder),
+        "mmpose_mean": [n for n in per_folder if n.startswith("mmpose__")],
+        "dlc__openfield_mouse": [n for n in per_folder if n == "dlc__openfield_mouse"],
+    }.items():
+        if not names:
+            continue
+        summary[group] = {
+            engine: {
+                metric: float(np.nanmean([per_folder[n][engine][metric] for n in names]))
+                for metric in ("pck@0.05", "pck@0.1", "pck@0.2", "mean_error")
+            }
+            for engine in ("oneshot", "copy")
+        }
+    return {
+        "protocol": "first image of each category as support, every other image as query (whole image); "
+        "PCK normalised by the longer bbox side of the best-matching ground-truth instance",
+        "engine_version": cfg.version,
+        "engine_config": cfg.to_json(),
+        "machine": machine_info(),
+        "seconds": time.perf_counter() - t0,
+        "summary": summary,
+        "folders": per_folder,
+    }

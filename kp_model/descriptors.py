@@ -1,0 +1,166 @@
+"""Dense hand-crafted local descriptors (DAISY-like) for weight-free one-shot matching.
+
+A descriptor at a point concatenates, over a centre sample and two rings of samples around it,
+Gaussian-pooled gradient-orientation histograms and pooled colour. Everything is in *working pixels*
+of the image it is computed on; the caller picks the working scale so that objects have a known size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DescriptorConfig:
+    object_size: int = 64  # working size (px) the support object's keypoint extent is rescaled to
+    orientations: int = 8  # gradient-orientation bins over 360 degrees (signed orientation)
+    ring_points: int = 8  # samples on each of the two rings around the centre
+    ring_radii: tuple[float, float] = (0.15, 0.35)  # ring radii as fractions of object_size
+    sigmas: tuple[float, float, float] = (0.05, 0.09, 0.16)  # pooling sigma of centre/ring1/ring2 (fraction of object_size)
+    colour_weight: float = 0.35  # weight of the pooled Lab colour relative to the gradient part
+    stride: int = 2  # sampling step (working px) of dense query maps
+
+    def __post_init__(self) -> None:
+        if self.object_size < 16:
+            raise ValueError(f"object_size must be >= 16 px, got {self.object_size}")
+        if self.orientations < 4:
+            raise ValueError(f"orientations must be >= 4, got {self.orientations}")
+        if self.ring_points < 4:
+            raise ValueError(f"ring_points must be >= 4, got {self.ring_points}")
+        if len(self.ring_radii) != 2 or not 0 < self.ring_radii[0] < self.ring_radii[1]:
+            raise ValueError(f"ring_radii must be two increasing positive fractions, got {self.ring_radii}")
+        if len(self.sigmas) != 3 or min(self.sigmas) <= 0:
+            raise ValueError(f"sigmas must be three positive fractions, got {self.sigmas}")
+        if self.colour_weight < 0:
+            raise ValueError(f"colour_weight must be >= 0, got {self.colour_weight}")
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def dim(self) -> int:
+        """Length D of one descriptor."""
+        return (1 + 2 * self.ring_points) * (self.orientations + 3)
+
+
+class PooledChannels:
+    """Orientation + colour channels of one image, Gaussian-pooled at the three descriptor sigmas.
+
+    Args:
+        image: (H, W, 3) uint8 RGB image at working scale.
+        valid: optional (H, W) float mask, 1 where the pixels are real image content (0 on padding);
+            descriptor samples falling where it is < 0.5 are left out of the similarity.
+    """
+
+    def __init__(self, image: np.ndarray, cfg: DescriptorConfig, valid: np.ndarray | None = None) -> None:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        self.cfg = cfg
+        self.height, self.width = image.shape[:2]
+        lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32) / 255.0
+        grey = lab[..., 0]
+        gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+        magnitude = np.sqrt(gx * gx + gy * gy)
+        # soft-binned signed orientation histogram channels
+        n = cfg.orientations
+        angle = (np.arctan2(gy, gx) % (2 * np.pi)) * (n / (2 * np.pi))
+        lower = np.floor(angle).astype(np.int64) % n
+        frac = angle - np.floor(angle)
+        channels = np.zeros((self.height, self.width, n + 3), np.float32)
+        rows, cols = np.indices((self.height, self.width))
+        channels[rows, cols, lower] += magnitude * (1 - frac)
+        channels[rows, cols, (lower + 1) % n] += magnitude * frac
+        channels[..., n:] = lab
+        self.norm_floor = float(magnitude.mean()) * 2.0 + 1e-3  # keeps flat regions from being amplified
+        self.valid = None if valid is None else valid.astype(np.float32)[..., None]
+        self.pooled = [_blur(channels, s * cfg.object_size) for s in cfg.sigmas]  # three (H, W, n + 3) maps
+
+    def describe(self, points: np.ndarray) -> np.ndarray:
+        """Descriptors at points.
+
+        Args:
+            points: (N, 2) float array of (x, y) in working pixels of this image.
+        Returns:
+            (N, D) float32 made of one unit-norm block per sample. With a ``valid`` mask (supports),
+            blocks sampled outside the image are zeroed and the others weighted 1/n_valid, so the dot
+            product of a support descriptor with a plain (query) one is the mean block similarity
+            over the support's valid blocks, in [-1, 1].
+        """
+        cfg = self.cfg
+        points = np.asarray(points, np.float32).reshape(-1, 2)
+        offsets = _sample_offsets(cfg)
+        n = cfg.orientations
+        parts, valid = [], []
+        for level, (dx, dy) in offsets:
+            x, y = points[:, 0] + dx, points[:, 1] + dy
+            sample = _bilinear(self.pooled[level], x, y)
+            hist = sample[:, :n]
+            hist = hist / (np.linalg.norm(hist, axis=1, keepdims=True) + self.norm_floor)
+            block = np.concatenate([hist, cfg.colour_weight * sample[:, n:]], axis=1)
+            block -= block.mean(axis=1, keepdims=True)
+            block /= np.linalg.norm(block, axis=1, keepdims=True) + 1e-6
+            parts.append(block)
+            inside = (x >= 0) & (y >= 0) & (x <= self.width - 1) & (y <= self.height - 1)
+            if self.valid is not None:
+                inside &= _bilinear(self.valid, x, y)[:, 0] >= 0.5
+            valid.append(inside)
+        mask = np.stack(valid, axis=1).astype(np.float32)  # (N, n_blocks)
+        weights = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0) if self.valid is not None else np.ones_like(mask)
+        desc = np.stack(parts, axis=1) * weights[..., None]
+        return desc.reshape(len(points), -1).astype(np.float32)
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray]:
+        """Descriptors on a regular grid of step ``cfg.stride``.
+
+        Returns:
+            (Hg*Wg, D) descriptors and (Hg, Wg, 2) grid of their (x, y) working-pixel positions.
+        """
+        s = self.cfg.stride
+        ys = np.arange(0, self.height, s, dtype=np.float32)
+        xs = np.arange(0, self.width, s, dtype=np.float32)
+        gx, gy = np.meshgrid(xs, ys)
+        grid = np.stack([gx, gy], axis=-1)
+        return self.describe(grid.reshape(-1, 2)), grid
+
+
+def _blur(channels: np.ndarray, sigma: float) -> np.ndarray:
+    out = np.empty_like(channels)
+    for start in range(0, channels.shape[2], 4):  # cv2 filters handle up to 4 channels at once
+        stop = min(start + 4, channels.shape[2])
+        out[..., start:stop] = cv2.GaussianBlur(
+            np.ascontiguousarray(channels[..., start:stop]), (0, 0), sigma, borderType=cv2.BORDER_REFLECT
+        ).reshape(channels.shape[0], channels.shape[1], stop - start)
+    return out
+
+
+def _sample_offsets(cfg: DescriptorConfig) -> list[tuple[int, tuple[float, float]]]:
+    """(pooling level, (dx, dy)) of the centre and ring samples, in working pixels."""
+    offsets: list[tuple[int, tuple[float, float]]] = [(0, (0.0, 0.0))]
+    for level, radius in ((1, cfg.ring_radii[0]), (2, cfg.ring_radii[1])):
+        r = radius * cfg.object_size
+        for i in range(cfg.ring_points):
+            a = 2 * np.pi * i / cfg.ring_points
+            offsets.append((level, (float(r * np.cos(a)), float(r * np.sin(a)))))
+    return offsets
+
+
+def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample an (H, W, C) map at float positions with edge clamping; returns (N, C)."""
+    h, w = image.shape[:2]
+    x = np.clip(x, 0, w - 1)
+    y = np.clip(y, 0, h - 1)
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    fx = (x - x0)[:, None]
+    fy = (y - y0)[:, None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy

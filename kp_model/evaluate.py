@@ -1,0 +1,109 @@
+"""One-shot evaluation on COCO keypoint folders: support from one image, predict the others.
+
+Protocol ("first"): for each category of a folder the support is the first image's instance with the
+most visible keypoints (ties: larger bbox); every other image of the category is a query, predicted
+on the whole image. Images can hold several instances (people), so a prediction is scored against the
+ground-truth instance it matches best. Only keypoints visible in the support and in that instance count.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kp_model.coco import Instance, Sample, load_coco_keypoints
+from kp_model.images import load_image_rgb
+from kp_model.metrics import normalised_errors
+
+log = logging.getLogger(__name__)
+
+# (support image, support keypoints (K, 2) px, query image) -> predicted (K, 2) px in the query
+Engine = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+ALPHAS = (0.05, 0.1, 0.2)
+
+
+@dataclass
+class PairResult:
+    dataset: str
+    category: str
+    support: str
+    query: str
+    errors: np.ndarray  # (n,) normalised errors of the counted keypoints
+    seconds: float
+
+
+def copy_engine(support: np.ndarray, keypoints: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Baseline: the support's coordinates, in percent of the image, copied onto the query."""
+    sh, sw = support.shape[:2]
+    qh, qw = query.shape[:2]
+    return keypoints * np.array([qw / sw, qh / sh])
+
+
+def support_instance(sample: Sample) -> Instance:
+    return max(sample.instances, key=lambda i: (int(i.visible.sum()), i.bbox[2] * i.bbox[3]))
+
+
+def one_shot_pairs(samples: list[Sample], max_queries: int | None = None) -> Iterator[tuple[Sample, Sample]]:
+    """(support, query) pairs of the "first" protocol, per category."""
+    by_cat: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_cat.setdefault(s.category, []).append(s)
+    for group in by_cat.values():
+        queries = group[1:] if max_queries is None else group[1 : 1 + max_queries]
+        for q in queries:
+            yield group[0], q
+
+
+def best_instance_errors(pred: np.ndarray, mask: np.ndarray, query: Sample) -> np.ndarray:
+    """Normalised errors against the query instance that the prediction matches best (mean error)."""
+    best = None
+    for inst in query.instances:
+        m = mask & inst.visible
+        if not m.any():
+            continue
+        err = normalised_errors(pred[m], inst.keypoints[m, :2], inst.bbox)
+        key = float(np.mean(np.minimum(err, 1.0)))
+        if best is None or key < best[0]:
+            best = (key, err)
+    return np.zeros(0) if best is None else best[1]
+
+
+def evaluate_folder(folder: Path, engines: dict[str, Engine], max_queries: int | None = None) -> dict[str, list[PairResult]]:
+    samples = load_coco_keypoints(folder)
+    results: dict[str, list[PairResult]] = {name: [] for name in engines}
+    cache: dict[Path, np.ndarray] = {}
+
+    def image(path: Path) -> np.ndarray:
+        if path not in cache:
+            cache.clear() if len(cache) > 8 else None
+            cache[path] = load_image_rgb(path)
+        return cache[path]
+
+    for sup, qry in one_shot_pairs(samples, max_queries):
+        inst = support_instance(sup)
+        mask = inst.visible
+        s_img, q_img = image(sup.image_path), image(qry.image_path)
+        for name, engine in engines.items():
+            t0 = time.perf_counter()
+            pred = np.full((len(mask), 2), np.nan)
+            pred[mask] = engine(s_img, inst.keypoints[mask, :2], q_img)
+            dt = time.perf_counter() - t0
+            errors = best_instance_errors(pred, mask, qry)
+            results[name].append(PairResult(folder.name, sup.category, sup.image_path.name, qry.image_path.name, errors, dt))
+    return results
+
+
+def summarise(pairs: list[PairResult]) -> dict[str, float]:
+    """PCK@alpha (over all counted keypoints of all pairs), mean normalised error, mean seconds/pair."""
+    errs = np.concatenate([p.errors for p in pairs]) if pairs else np.zeros(0)
+    out: dict[str, float] = {f"pck@{a}": float(np.mean(errs <= a)) if errs.size else float("nan") for a in ALPHAS}
+    out["mean_error"] = float(np.mean(errs)) if errs.size else float("nan")
+    out["pairs"] = len(pairs)
+    out["keypoints"] = int(errs.size)
+    out["seconds_per_pair"] = float(np.mean([p.seconds for p in pairs])) if pairs else float("nan")
+    return out

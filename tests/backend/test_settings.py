@@ -1,0 +1,23 @@
+import pytest
+
+from backend.settings import Settings, SettingsError
+
+
+def test_from_env_types_and_secret_not_shown() -> None:
+    s = Settings.from_env({"KPASSIST_SCORE_THRESHOLD": "0.3", "KPASSIST_MAX_BATCH": "7", "LABEL_STUDIO_API_KEY": "sekret"})
+    assert s.score_threshold == 0.3 and s.max_batch == 7
+    assert "sekret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    "env, field",
+    [
+        ({"KPASSIST_SCORE_THRESHOLD": "2"}, "score_threshold"),
+        ({"KPASSIST_MAX_BATCH": "abc"}, "KPASSIST_MAX_BATCH"),
+        ({"KPASSIST_ENGINE_CONFIG": "/nonexistent.json"}, "engine_config"),
+        ({"KPASSIST_LOCAL_ROOT": "/nonexistent-dir"}, "local_root"),
+    ],
+)
+def test_bad_values_name_the_field(env: dict, field: str) -> None:
+    with pytest.raises(SettingsError, match=field):
+        Settings.from_env(env)

@@ -1,0 +1,65 @@
+import numpy as np
+
+from backend.label_config import KeypointControl
+from backend.support import SupportCache, SupportRef, select_support
+from kp_model.predictor import PredictorConfig, build_predictor
+from tests.conftest import blob_image
+
+CONTROL = KeypointControl("kp", "image", "image", ("a", "b", "c"))
+
+
+def ann(aid: int, updated: str, labels: list[str], cancelled: bool = False) -> dict:
+    result = [
+        {
+            "from_name": "kp",
+            "to_name": "image",
+            "type": "keypointlabels",
+            "value": {"x": 10.0 + i, "y": 20.0, "keypointlabels": [lab]},
+        }
+        for i, lab in enumerate(labels)
+    ]
+    return {"id": aid, "updated_at": updated, "result": result, "was_cancelled": cancelled}
+
+
+def test_most_recently_updated_overlapping_annotation_wins() -> None:
+    tasks = [
+        {"id": 1, "data": {"image": "/data/upload/1/a.png"}, "annotations": [ann(10, "2026-01-01T10:00:00Z", ["a", "b"])]},
+        {
+            "id": 2,
+            "data": {"image": "/data/upload/1/b.png"},
+            "annotations": [
+                ann(11, "2026-01-03T10:00:00Z", ["zzz"]),  # no label of the config
+                ann(12, "2026-01-04T10:00:00Z", ["a"], cancelled=True),  # skipped
+                ann(13, "2026-01-02T10:00:00.123456Z", ["c"]),
+            ],
+        },
+    ]
+    ref = select_support(tasks, CONTROL)
+    assert ref is not None and ref.annotation_id == 13 and ref.task_id == 2
+    assert ref.image_ref == "/data/upload/1/b.png" and ref.names == ("c",)
+
+
+def test_no_annotation_means_no_support() -> None:
+    assert select_support([{"id": 1, "data": {"image": "x"}, "annotations": []}], CONTROL) is None
+    assert select_support([], CONTROL) is None
+
+
+def test_cache_rebuilds_only_when_the_annotation_changes() -> None:
+    image, pts = blob_image()
+    h, w = image.shape[:2]
+    pct = tuple((float(x) * 100 / w, float(y) * 100 / h) for x, y in pts)
+    loads = []
+
+    def load(ref: str) -> np.ndarray:
+        loads.append(ref)
+        return image
+
+    cache = SupportCache(lambda: build_predictor(PredictorConfig()))
+    ref = SupportRef(5, "t1", 1, "img", ("a", "b", "c"), pct)
+    first = cache.get(1, CONTROL, ref, load)
+    assert cache.get(1, CONTROL, ref, load) is first and cache.builds == 1
+    changed = SupportRef(5, "t2", 1, "img", ("a", "b", "c"), pct)
+    assert cache.get(1, CONTROL, changed, load) is not first and cache.builds == 2
+    cache.invalidate(1)
+    cache.get(1, CONTROL, changed, load)
+    assert cache.builds == 3 and len(loads) == 3
