@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from kp_model.descriptors import DescriptorConfig, PooledChannels
+from kp_model.descriptors import DescriptorConfig, PooledChannels, _bilinear
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,10 @@ class OneShotConfig:
     vote_floor: float = 0.02  # floor of each keypoint's vote before the log: how much one unmatched keypoint costs
     scale_prior: float = 0.7  # std (log2 units) of the prior on object scale relative to image size
     rotation_prior_deg: float = 90.0  # std of the prior favouring the support's orientation (0 = flat)
-    copy_pose_bonus: float = 0.5  # margin (mean log-vote units) an appearance pose must beat the support's own place/pose by
+    copy_pose_bonus: float = 0.5  # other scenes: margin (mean log-vote) a searched pose must beat the support's own pose by
+    verify_top: int = 12  # best poses re-ranked by dense grey correlation of the warped support region
+    verify_weight: float = 2.0  # weight of that correlation (in [-1, 1]) added to the pose score
+    same_scene_threshold: float = 0.8  # thumbnail correlation above which the query is the support's scene (no copy bonus)
     centre_prior: float = 0.5  # std of the prior on the object centre at the support's relative place (x diagonal; 0 = flat)
 
     def __post_init__(self) -> None:
@@ -87,6 +90,10 @@ class SupportTemplate:
     angles: np.ndarray
     centre_rel: np.ndarray  # (2,) constellation centre as a fraction of the support image (x, y)
     image_diag: float  # support image diagonal (px)
+    thumbnail: np.ndarray  # (1024,) zero-mean unit-norm 32x32 grey thumbnail of the support image
+    rotations: np.ndarray  # (A, 2, 2) rotation matrices taking support offsets to each searched angle
+    region: np.ndarray  # (M, 2) working-px offsets from the centre of support pixels around the keypoints
+    region_grey: np.ndarray  # (M,) zero-mean unit-norm grey values of the support at ``region``
 
 
 @dataclass
@@ -98,6 +105,7 @@ class Match:
     pose_score: float
     angle_deg: float
     scale: float
+    same_scene: bool
 
 
 class OneShotMatcher:
@@ -124,7 +132,7 @@ class OneShotMatcher:
         canvas = cv2.copyMakeBorder(work, pad, pad, pad, pad, cv2.BORDER_REFLECT)
         inside = cv2.copyMakeBorder(np.ones(work.shape[:2], np.float32), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
         c = centre + pad
-        descs, offsets = [], []
+        descs, offsets, rotations = [], [], []
         angles = cfg.angles()
         for a in angles:
             rot = cv2.getRotationMatrix2D((float(c[0]), float(c[1])), float(np.rad2deg(-a)), 1.0)
@@ -133,9 +141,23 @@ class OneShotMatcher:
             rp = (pts + pad) @ rot[:, :2].T + rot[:, 2]
             descs.append(PooledChannels(rotated, dcfg, rotated_inside).describe(rp))
             offsets.append(rp - c)
+            rotations.append(rot[:, :2])
+        region, region_grey = _support_region(work, pts, dcfg.object_size)
+        region -= centre
         h0, w0 = image.shape[:2]
         centre_rel = keypoints.mean(axis=0) / np.array([w0, h0])
-        return SupportTemplate(np.stack(descs), np.stack(offsets), float(scale), angles, centre_rel, float(np.hypot(h0, w0)))
+        return SupportTemplate(
+            np.stack(descs),
+            np.stack(offsets),
+            float(scale),
+            angles,
+            centre_rel,
+            float(np.hypot(h0, w0)),
+            _thumbnail(image),
+            np.stack(rotations),
+            region,
+            region_grey,
+        )
 
     def match(self, template: SupportTemplate, image: np.ndarray) -> Match:
         """Find the support's keypoints in a query image ((H, W, 3) uint8 RGB)."""
@@ -144,7 +166,9 @@ class OneShotMatcher:
         flat = template.descriptors.reshape(-1, dim)
         stride = dcfg.stride
         tol = max(1, int(round(cfg.vote_tolerance * dcfg.object_size / stride)))
-        best = None
+        same_scene = float(template.thumbnail @ _thumbnail(image)) >= cfg.same_scene_threshold
+        copy_bonus = 0.0 if same_scene else cfg.copy_pose_bonus
+        candidates: list[tuple[float, int, int, int, int]] = []  # (score, level, angle, x, y)
         levels = []
         zero_angle = int(np.argmin(np.abs((np.rad2deg(template.angles) + 180) % 360 - 180)))
         qh, qw = image.shape[:2]
@@ -162,7 +186,7 @@ class OneShotMatcher:
             qdesc, grid = PooledChannels(work, dcfg).dense()
             hg, wg = grid.shape[:2]
             sims = (flat @ qdesc.T).reshape(n_rot, n_kp, hg, wg)
-            levels.append((qscale, sims, grid))
+            levels.append((qscale, sims, _smooth_grey(work)))
             votes = np.exp((sims - 1.0) / cfg.temperature).astype(np.float32)
             prior = -0.5 * (np.log2(ratio) / cfg.scale_prior) ** 2
             centre_prior = np.zeros((hg, wg), np.float32)
@@ -181,21 +205,37 @@ class OneShotMatcher:
                 total = acc / n_kp + centre_prior
                 y, x = np.unravel_index(int(np.argmax(total)), total.shape)
                 score = float(total[y, x]) + prior + rot_prior
-                if best is None or score > best[0]:
-                    best = (score, len(levels) - 1, ai, x, y)
-                if ai == zero_angle and ratio == 1.0 and cfg.copy_pose_bonus > 0:
+                candidates.append((score, len(levels) - 1, ai, int(x), int(y)))
+                if ai == zero_angle and ratio == 1.0 and copy_bonus > 0:
                     # the support's own place and pose, scaled with the image (what copying would do)
                     cx, cy = np.clip(np.round(expected * qscale / stride).astype(int), 0, [wg - 1, hg - 1])
-                    copy_score = float(total[cy, cx]) + cfg.copy_pose_bonus
-                    if best is None or copy_score > best[0]:
-                        best = (copy_score, len(levels) - 1, ai, int(cx), int(cy))
-        if best is None:
+                    copy_score = float(total[cy, cx]) + copy_bonus
+                    candidates.append((copy_score, len(levels) - 1, ai, int(cx), int(cy)))
+        if not candidates:
             raise ValueError(f"query image of shape {image.shape} is too small to match")
-        score, li, ai, x, y = best
-        qscale, sims, grid = levels[li]
+        score, li, ai, x, y = self._verify(template, candidates, levels)
+        qscale, sims, _ = levels[li]
         points, scores = self._refine(sims[ai], template.offsets[ai], x, y)
         points = points / qscale
-        return Match(points, scores, score, float(np.rad2deg(template.angles[ai])), template.scale / qscale)
+        return Match(points, scores, score, float(np.rad2deg(template.angles[ai])), template.scale / qscale, same_scene)
+
+    def _verify(self, template: SupportTemplate, candidates: list, levels: list) -> tuple[float, int, int, int, int]:
+        """Best candidate after adding the grey-level correlation of the support region warped by each pose."""
+        cfg = self.cfg
+        top = sorted(candidates, key=lambda c: -c[0])[: cfg.verify_top]
+        if cfg.verify_weight == 0 or len(template.region) < 8:
+            return top[0]
+        best = None
+        for score, li, ai, x, y in top:
+            grey = levels[li][2]
+            pos = template.region @ template.rotations[ai].T + np.array([x, y]) * self.cfg.descriptor.stride
+            vals = _bilinear(grey, pos[:, 0], pos[:, 1])[:, 0]
+            vals = vals - vals.mean()
+            ncc = float(vals @ template.region_grey / (np.linalg.norm(vals) + 1e-6))
+            total = score + cfg.verify_weight * ncc
+            if best is None or total > best[0]:
+                best = (total, li, ai, x, y)
+        return best
 
     def _refine(self, sims: np.ndarray, offsets: np.ndarray, cx: int, cy: int) -> tuple[np.ndarray, np.ndarray]:
         """Local arg-max of similarity x Gaussian prior around each voted keypoint; grid -> working px."""
@@ -232,6 +272,36 @@ def _extent(keypoints: np.ndarray, shape: tuple[int, int]) -> float:
     else:
         extent = 0.0
     return max(extent, 0.1 * max(shape), 8.0)
+
+
+def _smooth_grey(image: np.ndarray) -> np.ndarray:
+    """(H, W, 1) float32 grey image, lightly blurred, for dense correlation."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    return cv2.GaussianBlur(grey, (0, 0), 1.5)[..., None]
+
+
+def _support_region(work: np.ndarray, pts: np.ndarray, object_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels (step 2) of the keypoints' convex hull grown by a quarter object size, inside the image,
+    and their zero-mean unit-norm grey values. Returns (M, 2) working px and (M,)."""
+    h, w = work.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    hull = cv2.convexHull(np.round(pts).astype(np.int32).reshape(-1, 1, 2))
+    cv2.fillConvexPoly(mask, hull, 1)
+    grow = max(1, int(0.25 * object_size))
+    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    ys, xs = np.nonzero(mask[::2, ::2])
+    region = np.stack([xs * 2, ys * 2], axis=1).astype(np.float64)
+    vals = _bilinear(_smooth_grey(work), region[:, 0], region[:, 1])[:, 0]
+    vals = vals - vals.mean()
+    return region, vals / (np.linalg.norm(vals) + 1e-6)
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    """Zero-mean, unit-norm 32x32 grey thumbnail: its dot product with another is the images' global correlation."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    t = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).ravel()
+    t -= t.mean()
+    return t / (np.linalg.norm(t) + 1e-6)
 
 
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:

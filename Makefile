@@ -1,0 +1,46 @@
+# The two commands of the README: `make serve` and `make test`. Everything else is a step of those.
+PY ?= python3
+VENV := .venv
+LSVENV := .lsvenv
+HOST ?= 127.0.0.1
+PORT ?= 9090
+
+.PHONY: install lsvenv redis serve test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Label Studio in its own virtualenv (it pins its own Django, redis and rq): used by the e2e tests
+$(LSVENV)/.installed:
+	$(PY) -m venv $(LSVENV)
+	$(LSVENV)/bin/pip install -q label-studio==1.23.2
+	touch $@
+
+lsvenv: $(LSVENV)/.installed
+
+# a Redis on 127.0.0.1:6379 for the RQ training queue, installed and started when nothing listens there
+redis:
+	@if $(PY) -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1)" 2>/dev/null; then \
+		echo "redis: already listening on 127.0.0.1:6379"; \
+	else \
+		command -v redis-server >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server); \
+		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; \
+		sleep 1; \
+	fi
+
+serve: install redis
+	$(VENV)/bin/kpassist serve --host $(HOST) --port $(PORT)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lsvenv redis lint
+	KPASSIST_LS_VENV=$(abspath $(LSVENV)) $(VENV)/bin/python -m pytest -m "" tests
+
+bench: install
+	$(VENV)/bin/kpassist bench oneshot --data ../shared/data --out bench-out/oneshot.json
