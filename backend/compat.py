@@ -132,8 +132,6 @@ def create_app(settings: Settings | None = None, service: PredictionService | No
             raise RequestError("/webhook needs 'action': the Label Studio event name")
         project_data = data.get("project") if isinstance(data.get("project"), dict) else {}
         project = parse_project(data.get("project"))
-        if project is not None:
-            service.supports.invalidate(project)
         try:
             model = registry.for_request(project, project_data.get("label_config"))
         except (RequestError, LabelConfigError) as exc:

@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from backend.convert import AnnotationFormatError, percent_to_pixels, regions_to_points
 from backend.label_config import KeypointControl
@@ -117,7 +117,9 @@ class SupportCache:
 
 
 def _parse_time(stamp: str) -> datetime:
+    """UTC-aware time of an LS timestamp; unparseable or missing stamps sort first."""
     try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
-        return datetime.min.replace(tzinfo=None) if not stamp else datetime.fromtimestamp(0)
+        return datetime.min.replace(tzinfo=UTC)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -16,7 +16,8 @@ import numpy as np
 @dataclass(frozen=True)
 class DescriptorConfig:
     object_size: int = 64  # working size (px) the support object's keypoint extent is rescaled to
-    orientations: int = 8  # gradient-orientation bins over 360 degrees (signed orientation)
+    orientations: int = 8  # gradient-orientation bins (over 360 degrees if signed, else 180)
+    signed: bool = True  # signed gradients tell dark-on-light from light-on-dark (same individual); unsigned do not
     ring_points: int = 8  # samples on each of the two rings around the centre
     ring_radii: tuple[float, float] = (0.15, 0.35)  # ring radii as fractions of object_size
     sigmas: tuple[float, float, float] = (0.05, 0.09, 0.16)  # pooling sigma of centre/ring1/ring2 (fraction of object_size)
@@ -69,7 +70,8 @@ class PooledChannels:
         magnitude = np.sqrt(gx * gx + gy * gy)
         # soft-binned signed orientation histogram channels
         n = cfg.orientations
-        angle = (np.arctan2(gy, gx) % (2 * np.pi)) * (n / (2 * np.pi))
+        period = 2 * np.pi if cfg.signed else np.pi
+        angle = (np.arctan2(gy, gx) % period) * (n / period)
         lower = np.floor(angle).astype(np.int64) % n
         frac = angle - np.floor(angle)
         channels = np.zeros((self.height, self.width, n + 3), np.float32)
@@ -92,28 +94,31 @@ class PooledChannels:
             product of a support descriptor with a plain (query) one is the mean block similarity
             over the support's valid blocks, in [-1, 1].
         """
-        cfg = self.cfg
         points = np.asarray(points, np.float32).reshape(-1, 2)
-        offsets = _sample_offsets(cfg)
-        n = cfg.orientations
-        parts, valid = [], []
-        for level, (dx, dy) in offsets:
+        samples, valid = [], []
+        for level, (dx, dy) in _sample_offsets(self.cfg):
             x, y = points[:, 0] + dx, points[:, 1] + dy
-            sample = _bilinear(self.pooled[level], x, y)
-            hist = sample[:, :n]
-            hist = hist / (np.linalg.norm(hist, axis=1, keepdims=True) + self.norm_floor)
-            block = np.concatenate([hist, cfg.colour_weight * sample[:, n:]], axis=1)
-            block -= block.mean(axis=1, keepdims=True)
-            block /= np.linalg.norm(block, axis=1, keepdims=True) + 1e-6
-            parts.append(block)
+            samples.append(_bilinear(self.pooled[level], x, y))
             inside = (x >= 0) & (y >= 0) & (x <= self.width - 1) & (y <= self.height - 1)
             if self.valid is not None:
                 inside &= _bilinear(self.valid, x, y)[:, 0] >= 0.5
             valid.append(inside)
+        blocks = self._normalise(np.stack(samples, axis=1))
+        if self.valid is None:
+            return blocks.reshape(len(points), -1)
         mask = np.stack(valid, axis=1).astype(np.float32)  # (N, n_blocks)
-        weights = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0) if self.valid is not None else np.ones_like(mask)
-        desc = np.stack(parts, axis=1) * weights[..., None]
-        return desc.reshape(len(points), -1).astype(np.float32)
+        weights = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+        return (blocks * weights[..., None]).reshape(len(points), -1).astype(np.float32)
+
+    def _normalise(self, samples: np.ndarray) -> np.ndarray:
+        """(N, n_blocks, C) pooled samples -> unit-norm zero-mean blocks (histogram normalised, colour weighted)."""
+        n = self.cfg.orientations
+        hist = samples[..., :n]
+        hist = hist / (np.linalg.norm(hist, axis=2, keepdims=True) + self.norm_floor)
+        blocks = np.concatenate([hist, self.cfg.colour_weight * samples[..., n:]], axis=2)
+        blocks -= blocks.mean(axis=2, keepdims=True)
+        blocks /= np.linalg.norm(blocks, axis=2, keepdims=True) + 1e-6
+        return blocks.astype(np.float32)
 
     def dense(self) -> tuple[np.ndarray, np.ndarray]:
         """Descriptors on a regular grid of step ``cfg.stride``.
@@ -126,7 +131,17 @@ class PooledChannels:
         xs = np.arange(0, self.width, s, dtype=np.float32)
         gx, gy = np.meshgrid(xs, ys)
         grid = np.stack([gx, gy], axis=-1)
-        return self.describe(grid.reshape(-1, 2)), grid
+        # integer shifts of edge-padded maps: pooling sigmas are >= 3 px, so rounding offsets is harmless
+        offsets = _sample_offsets(self.cfg)
+        pad = int(np.ceil(max(max(abs(dx), abs(dy)) for _, (dx, dy) in offsets))) + 1
+        padded = [np.pad(p, ((pad, pad), (pad, pad), (0, 0)), mode="edge") for p in self.pooled]
+        hg, wg = grid.shape[:2]
+        samples = np.empty((hg, wg, len(offsets), self.pooled[0].shape[2]), np.float32)
+        for i, (level, (dx, dy)) in enumerate(offsets):
+            oy, ox = pad + int(round(dy)), pad + int(round(dx))
+            samples[:, :, i] = padded[level][oy : oy + self.height : s, ox : ox + self.width : s]
+        blocks = self._normalise(samples.reshape(hg * wg, len(offsets), -1))
+        return blocks.reshape(hg * wg, -1), grid
 
 
 def _blur(channels: np.ndarray, sigma: float) -> np.ndarray:

@@ -23,7 +23,10 @@ from kp_model.descriptors import DescriptorConfig, PooledChannels, _bilinear
 
 @dataclass(frozen=True)
 class OneShotConfig:
-    descriptor: DescriptorConfig = field(default_factory=DescriptorConfig)  # local descriptor settings
+    descriptor: DescriptorConfig = field(default_factory=DescriptorConfig)  # descriptors for queries of the support's scene
+    cross_descriptor: DescriptorConfig = field(
+        default_factory=lambda: DescriptorConfig(signed=False, colour_weight=0.0)
+    )  # for other scenes: other individuals differ in colour and contrast polarity, so neither is used
     rotations: int = 12  # in-plane rotations tried, evenly over max_rotation_deg both ways
     max_rotation_deg: float = 180.0  # largest support->query rotation searched (180 = any)
     scales: tuple[float, ...] = (0.5, 0.71, 1.0, 1.41, 2.0)  # query/support object-size ratios searched
@@ -32,16 +35,20 @@ class OneShotConfig:
     refine_radius: float = 0.3  # local search radius after the vote (fraction of object_size)
     refine_sigma: float = 0.15  # Gaussian prior width around the voted position (fraction of object_size)
     max_working_side: int = 768  # cap on the query's working-image side (memory/time bound)
+    vote_keypoints: int = 24  # at most this many keypoints (spread out) vote for the pose; all are refined
     vote_floor: float = 0.02  # floor of each keypoint's vote before the log: how much one unmatched keypoint costs
     scale_prior: float = 0.7  # std (log2 units) of the prior on object scale relative to image size
     rotation_prior_deg: float = 90.0  # std of the prior favouring the support's orientation (0 = flat)
-    copy_pose_bonus: float = 0.5  # other scenes: margin (mean log-vote) a searched pose must beat the support's own pose by
+    copy_pose_bonus: float = 2.0  # other scenes: margin (mean log-vote) a searched pose must beat the support's own pose by
     verify_top: int = 12  # best poses re-ranked by dense grey correlation of the warped support region
-    verify_weight: float = 2.0  # weight of that correlation (in [-1, 1]) added to the pose score
+    verify_weight: float = 2.0  # weight of that correlation (in [-1, 1]) added to the pose score, same scene only
     same_scene_threshold: float = 0.8  # thumbnail correlation above which the query is the support's scene (no copy bonus)
     centre_prior: float = 0.5  # std of the prior on the object centre at the support's relative place (x diagonal; 0 = flat)
 
     def __post_init__(self) -> None:
+        for name in ("object_size", "stride", "ring_points", "ring_radii"):
+            if getattr(self.descriptor, name) != getattr(self.cross_descriptor, name):
+                raise ValueError(f"cross_descriptor.{name} must equal descriptor.{name}: both share the keypoint geometry")
         if self.rotations < 1:
             raise ValueError(f"rotations must be >= 1, got {self.rotations}")
         if not 0 <= self.max_rotation_deg <= 180:
@@ -55,6 +62,8 @@ class OneShotConfig:
         for name in ("vote_tolerance", "refine_radius", "refine_sigma", "scale_prior"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.vote_keypoints < 1:
+            raise ValueError(f"vote_keypoints must be >= 1, got {self.vote_keypoints}")
         if self.max_working_side < 64:
             raise ValueError(f"max_working_side must be >= 64, got {self.max_working_side}")
 
@@ -64,8 +73,12 @@ class OneShotConfig:
     @classmethod
     def from_dict(cls, data: dict) -> OneShotConfig:
         data = dict(data)
-        desc = DescriptorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("descriptor", {}).items()})
-        return cls(descriptor=desc, **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+        def tuples(d: dict) -> dict:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+        descs = {k: DescriptorConfig(**tuples(data.pop(k))) for k in ("descriptor", "cross_descriptor") if k in data}
+        return cls(**descs, **tuples(data))
 
     def angles(self) -> np.ndarray:
         """Rotation angles (radians) searched."""
@@ -80,11 +93,13 @@ class OneShotConfig:
 class SupportTemplate:
     """What the matcher caches for one support: descriptors per rotation and keypoint geometry.
 
-    descriptors: (A, K, D); offsets: (A, K, 2) keypoint offsets from the constellation centre in
-    working pixels; scale: original support px -> working px factor.
+    descriptors: (A, K, D) for queries of the same scene, cross_descriptors (A, K, D') for others;
+    offsets: (A, K, 2) keypoint offsets from the constellation centre in working pixels;
+    scale: original support px -> working px factor.
     """
 
     descriptors: np.ndarray
+    cross_descriptors: np.ndarray
     offsets: np.ndarray
     scale: float
     angles: np.ndarray
@@ -132,7 +147,7 @@ class OneShotMatcher:
         canvas = cv2.copyMakeBorder(work, pad, pad, pad, pad, cv2.BORDER_REFLECT)
         inside = cv2.copyMakeBorder(np.ones(work.shape[:2], np.float32), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
         c = centre + pad
-        descs, offsets, rotations = [], [], []
+        descs, cross, offsets, rotations = [], [], [], []
         angles = cfg.angles()
         for a in angles:
             rot = cv2.getRotationMatrix2D((float(c[0]), float(c[1])), float(np.rad2deg(-a)), 1.0)
@@ -140,6 +155,7 @@ class OneShotMatcher:
             rotated_inside = cv2.warpAffine(inside, rot, (canvas.shape[1], canvas.shape[0]), borderValue=0)
             rp = (pts + pad) @ rot[:, :2].T + rot[:, 2]
             descs.append(PooledChannels(rotated, dcfg, rotated_inside).describe(rp))
+            cross.append(PooledChannels(rotated, cfg.cross_descriptor, rotated_inside).describe(rp))
             offsets.append(rp - c)
             rotations.append(rot[:, :2])
         region, region_grey = _support_region(work, pts, dcfg.object_size)
@@ -148,6 +164,7 @@ class OneShotMatcher:
         centre_rel = keypoints.mean(axis=0) / np.array([w0, h0])
         return SupportTemplate(
             np.stack(descs),
+            np.stack(cross),
             np.stack(offsets),
             float(scale),
             angles,
@@ -161,13 +178,16 @@ class OneShotMatcher:
 
     def match(self, template: SupportTemplate, image: np.ndarray) -> Match:
         """Find the support's keypoints in a query image ((H, W, 3) uint8 RGB)."""
-        cfg, dcfg = self.cfg, self.cfg.descriptor
-        n_rot, n_kp, dim = template.descriptors.shape
-        flat = template.descriptors.reshape(-1, dim)
+        cfg = self.cfg
+        same_scene = float(template.thumbnail @ _thumbnail(image)) >= cfg.same_scene_threshold
+        dcfg = cfg.descriptor if same_scene else cfg.cross_descriptor
+        support = template.descriptors if same_scene else template.cross_descriptors
+        copy_bonus = 0.0 if same_scene else cfg.copy_pose_bonus
+        voters = _spread_subset(template.offsets[0], cfg.vote_keypoints)
+        n_rot, n_kp, dim = support[:, voters].shape
+        flat = support[:, voters].reshape(-1, dim)
         stride = dcfg.stride
         tol = max(1, int(round(cfg.vote_tolerance * dcfg.object_size / stride)))
-        same_scene = float(template.thumbnail @ _thumbnail(image)) >= cfg.same_scene_threshold
-        copy_bonus = 0.0 if same_scene else cfg.copy_pose_bonus
         candidates: list[tuple[float, int, int, int, int]] = []  # (score, level, angle, x, y)
         levels = []
         zero_angle = int(np.argmin(np.abs((np.rad2deg(template.angles) + 180) % 360 - 180)))
@@ -186,7 +206,7 @@ class OneShotMatcher:
             qdesc, grid = PooledChannels(work, dcfg).dense()
             hg, wg = grid.shape[:2]
             sims = (flat @ qdesc.T).reshape(n_rot, n_kp, hg, wg)
-            levels.append((qscale, sims, _smooth_grey(work)))
+            levels.append((qscale, qdesc, (hg, wg), _smooth_grey(work)))
             votes = np.exp((sims - 1.0) / cfg.temperature).astype(np.float32)
             prior = -0.5 * (np.log2(ratio) / cfg.scale_prior) ** 2
             centre_prior = np.zeros((hg, wg), np.float32)
@@ -198,7 +218,7 @@ class OneShotMatcher:
                 acc = np.full((hg, wg), n_kp * np.log(cfg.vote_floor), np.float32)
                 for k in range(n_kp):
                     spread = np.log1p(cv2.dilate(votes[ai, k], kernel) / cfg.vote_floor)
-                    dx, dy = np.round(template.offsets[ai, k] / stride).astype(int)
+                    dx, dy = np.round(template.offsets[ai, voters[k]] / stride).astype(int)
                     _add_shifted(acc, spread, dx, dy)
                 angle = (np.rad2deg(template.angles[ai]) + 180) % 360 - 180
                 rot_prior = -0.5 * (angle / cfg.rotation_prior_deg) ** 2 if cfg.rotation_prior_deg > 0 else 0.0
@@ -213,9 +233,10 @@ class OneShotMatcher:
                     candidates.append((copy_score, len(levels) - 1, ai, int(cx), int(cy)))
         if not candidates:
             raise ValueError(f"query image of shape {image.shape} is too small to match")
-        score, li, ai, x, y = self._verify(template, candidates, levels)
-        qscale, sims, _ = levels[li]
-        points, scores = self._refine(sims[ai], template.offsets[ai], x, y)
+        score, li, ai, x, y = self._verify(template, candidates, levels) if same_scene else max(candidates)
+        qscale, qdesc, (hg, wg), _ = levels[li]
+        sims = (support[ai] @ qdesc.T).reshape(-1, hg, wg)  # every keypoint, at the chosen rotation
+        points, scores = self._refine(sims, template.offsets[ai], x, y)
         points = points / qscale
         return Match(points, scores, score, float(np.rad2deg(template.angles[ai])), template.scale / qscale, same_scene)
 
@@ -227,7 +248,7 @@ class OneShotMatcher:
             return top[0]
         best = None
         for score, li, ai, x, y in top:
-            grey = levels[li][2]
+            grey = levels[li][3]
             pos = template.region @ template.rotations[ai].T + np.array([x, y]) * self.cfg.descriptor.stride
             vals = _bilinear(grey, pos[:, 0], pos[:, 1])[:, 0]
             vals = vals - vals.mean()
@@ -272,6 +293,19 @@ def _extent(keypoints: np.ndarray, shape: tuple[int, int]) -> float:
     else:
         extent = 0.0
     return max(extent, 0.1 * max(shape), 8.0)
+
+
+def _spread_subset(points: np.ndarray, n: int) -> np.ndarray:
+    """Indices of at most ``n`` of ``points`` (K, 2) picked by farthest-point sampling (all if K <= n)."""
+    if len(points) <= n:
+        return np.arange(len(points))
+    chosen = [int(np.argmax(np.linalg.norm(points - points.mean(axis=0), axis=1)))]
+    dist = np.linalg.norm(points - points[chosen[0]], axis=1)
+    while len(chosen) < n:
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
+    return np.array(sorted(chosen))
 
 
 def _smooth_grey(image: np.ndarray) -> np.ndarray:

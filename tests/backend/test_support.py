@@ -39,6 +39,22 @@ def test_most_recently_updated_overlapping_annotation_wins() -> None:
     assert ref.image_ref == "/data/upload/1/b.png" and ref.names == ("c",)
 
 
+def test_mixed_or_missing_timestamps_compare() -> None:
+    tasks = [
+        {
+            "id": 1,
+            "data": {"image": "a"},
+            "annotations": [
+                ann(1, "", ["a"]),
+                ann(2, "2026-01-01T10:00:00", ["a"]),
+                ann(3, "2026-01-01T09:00:00+00:00", ["b"]),
+                ann(4, "garbage", ["c"]),
+            ],
+        }
+    ]
+    assert select_support(tasks, CONTROL).annotation_id == 2
+
+
 def test_no_annotation_means_no_support() -> None:
     assert select_support([{"id": 1, "data": {"image": "x"}, "annotations": []}], CONTROL) is None
     assert select_support([], CONTROL) is None
