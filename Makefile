@@ -4,12 +4,14 @@ VENV := .venv
 LSVENV := .lsvenv
 HOST ?= 127.0.0.1
 PORT ?= 9090
+TORCH ?= 2.13.0
 
 .PHONY: install lsvenv redis serve test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==$(TORCH)
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 

@@ -86,12 +86,13 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def bench_oneshot(args: argparse.Namespace) -> int:
-    from kp_model.bench import run_oneshot_bench
+    from kp_model.bench import markdown_table, run_oneshot_bench
 
     report = run_oneshot_bench(Path(args.data), args.folders, args.max_queries, args.config)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps(report["summary"], indent=2))
+    Path(args.out).with_suffix(".md").write_text(markdown_table(report) + "\n")
+    print(markdown_table(report))
     log.info("report written to %s", args.out)
     return 0
 

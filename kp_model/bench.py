@@ -23,10 +23,10 @@ class CachedSupportEngine:
         self.predictor = build_predictor(cfg)
         self._key: bytes | None = None
 
-    def __call__(self, support: np.ndarray, keypoints: np.ndarray, query: np.ndarray) -> np.ndarray:
+    def __call__(self, support: np.ndarray, keypoints: np.ndarray, names: list[str], query: np.ndarray) -> np.ndarray:
         key = keypoints.tobytes() + support[:: max(1, support.shape[0] // 16), :: max(1, support.shape[1] // 16)].tobytes()
         if key != self._key:
-            self.predictor.set_support(support, keypoints, [str(i) for i in range(len(keypoints))])
+            self.predictor.set_support(support, keypoints, names)
             self._key = key
         return self.predictor.predict([query])[0].points
 
@@ -94,3 +94,24 @@ def run_oneshot_bench(
         "summary": summary,
         "folders": per_folder,
     }
+
+
+def markdown_table(report: dict) -> str:
+    """The report's per-folder PCK@0.2 and mean error as a markdown table, summary rows first."""
+    rows = [
+        "| set | kpassist PCK@0.2 | copy PCK@0.2 | kpassist PCK@0.1 | copy PCK@0.1 | kpassist mean err | copy mean err |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, res: dict) -> str:
+        o, c = res["oneshot"], res["copy"]
+        return (
+            f"| {name} | {o['pck@0.2']:.3f} | {c['pck@0.2']:.3f} | {o['pck@0.1']:.3f} | {c['pck@0.1']:.3f} "
+            f"| {o['mean_error']:.3f} | {c['mean_error']:.3f} |"
+        )
+
+    for name, res in report["summary"].items():
+        rows.append(row(f"**{name}**", res))
+    for name, res in report["folders"].items():
+        rows.append(row(name, res))
+    return "\n".join(rows)

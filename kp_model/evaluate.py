@@ -22,8 +22,8 @@ from kp_model.metrics import normalised_errors
 
 log = logging.getLogger(__name__)
 
-# (support image, support keypoints (K, 2) px, query image) -> predicted (K, 2) px in the query
-Engine = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# (support image, support keypoints (K, 2) px, keypoint names (K), query image) -> predicted (K, 2) px in the query
+Engine = Callable[[np.ndarray, np.ndarray, list[str], np.ndarray], np.ndarray]
 ALPHAS = (0.05, 0.1, 0.2)
 
 
@@ -37,7 +37,7 @@ class PairResult:
     seconds: float
 
 
-def copy_engine(support: np.ndarray, keypoints: np.ndarray, query: np.ndarray) -> np.ndarray:
+def copy_engine(support: np.ndarray, keypoints: np.ndarray, names: list[str], query: np.ndarray) -> np.ndarray:
     """Baseline: the support's coordinates, in percent of the image, copied onto the query."""
     sh, sw = support.shape[:2]
     qh, qw = query.shape[:2]
@@ -91,7 +91,8 @@ def evaluate_folder(folder: Path, engines: dict[str, Engine], max_queries: int |
         for name, engine in engines.items():
             t0 = time.perf_counter()
             pred = np.full((len(mask), 2), np.nan)
-            pred[mask] = engine(s_img, inst.keypoints[mask, :2], q_img)
+            names = [n for n, m in zip(sup.keypoint_names, mask, strict=True) if m]
+            pred[mask] = engine(s_img, inst.keypoints[mask, :2], names, q_img)
             dt = time.perf_counter() - t0
             errors = best_instance_errors(pred, mask, qry)
             results[name].append(PairResult(folder.name, sup.category, sup.image_path.name, qry.image_path.name, errors, dt))

@@ -8,6 +8,12 @@ Identify, then detect, without learned weights:
    keypoint constellation is best supported by the query, tolerating some deformation;
 4. each keypoint is then refined locally around its voted position (similarity x Gaussian prior).
 
+A thumbnail correlation decides whether the query shows the support's scene (a fixed-camera video: the
+same individual, moving) or another one (another individual, framed alike). The first uses appearance-
+specific descriptors and re-ranks poses by dense grey correlation; the second uses contrast- and colour-
+invariant descriptors and favours the support's own place and pose unless a searched pose is clearly better.
+Features can also come from a pretrained encoder (``OneShotConfig.encoder``).
+
 All coordinates in and out are pixels (x right, y down) of the original images.
 """
 
@@ -19,6 +25,7 @@ import cv2
 import numpy as np
 
 from kp_model.descriptors import DescriptorConfig, PooledChannels, _bilinear
+from kp_model.encoder import EncoderChannels, EncoderConfig, PatchEncoder
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class OneShotConfig:
     refine_radius: float = 0.3  # local search radius after the vote (fraction of object_size)
     refine_sigma: float = 0.15  # Gaussian prior width around the voted position (fraction of object_size)
     max_working_side: int = 768  # cap on the query's working-image side (memory/time bound)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # pretrained backbone features instead of descriptors
     vote_keypoints: int = 24  # at most this many keypoints (spread out) vote for the pose; all are refined
     vote_floor: float = 0.02  # floor of each keypoint's vote before the log: how much one unmatched keypoint costs
     scale_prior: float = 0.7  # std (log2 units) of the prior on object scale relative to image size
@@ -77,8 +85,10 @@ class OneShotConfig:
         def tuples(d: dict) -> dict:
             return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
-        descs = {k: DescriptorConfig(**tuples(data.pop(k))) for k in ("descriptor", "cross_descriptor") if k in data}
-        return cls(**descs, **tuples(data))
+        parts: dict = {k: DescriptorConfig(**tuples(data.pop(k))) for k in ("descriptor", "cross_descriptor") if k in data}
+        if "encoder" in data:
+            parts["encoder"] = EncoderConfig(**data.pop("encoder"))
+        return cls(**parts, **tuples(data))
 
     def angles(self) -> np.ndarray:
         """Rotation angles (radians) searched."""
@@ -124,8 +134,29 @@ class Match:
 
 
 class OneShotMatcher:
+    """Builds support templates and matches them; features are the hand-crafted descriptors, or the
+    patch features of a pretrained encoder when ``cfg.encoder`` names one (loaded once, here)."""
+
     def __init__(self, cfg: OneShotConfig | None = None) -> None:
         self.cfg = cfg or OneShotConfig()
+        self.encoder = PatchEncoder(self.cfg.encoder) if self.cfg.encoder.enabled else None
+
+    @property
+    def object_size(self) -> int:
+        return self.cfg.encoder.object_size if self.encoder else self.cfg.descriptor.object_size
+
+    @property
+    def stride(self) -> int:
+        return self.encoder.stride if self.encoder else self.cfg.descriptor.stride
+
+    @property
+    def max_side(self) -> int:
+        return self.cfg.encoder.max_side if self.encoder else self.cfg.max_working_side
+
+    def _channels(self, image: np.ndarray, dcfg: DescriptorConfig, valid: np.ndarray | None = None):
+        if self.encoder is not None:
+            return EncoderChannels(self.encoder, image, valid)
+        return PooledChannels(image, dcfg, valid)
 
     def build_template(self, image: np.ndarray, keypoints: np.ndarray) -> SupportTemplate:
         """Describe the support.
@@ -137,7 +168,7 @@ class OneShotMatcher:
         cfg, dcfg = self.cfg, self.cfg.descriptor
         keypoints = np.asarray(keypoints, np.float64).reshape(-1, 2)
         extent = _extent(keypoints, image.shape[:2])
-        scale = dcfg.object_size / extent
+        scale = self.object_size / extent
         work = _resize(image, scale)
         pts = keypoints * scale
         centre = pts.mean(axis=0)
@@ -154,11 +185,14 @@ class OneShotMatcher:
             rotated = cv2.warpAffine(canvas, rot, (canvas.shape[1], canvas.shape[0]), borderMode=cv2.BORDER_REFLECT)
             rotated_inside = cv2.warpAffine(inside, rot, (canvas.shape[1], canvas.shape[0]), borderValue=0)
             rp = (pts + pad) @ rot[:, :2].T + rot[:, 2]
-            descs.append(PooledChannels(rotated, dcfg, rotated_inside).describe(rp))
-            cross.append(PooledChannels(rotated, cfg.cross_descriptor, rotated_inside).describe(rp))
+            descs.append(self._channels(rotated, dcfg, rotated_inside).describe(rp))
+            if self.encoder is None:
+                cross.append(PooledChannels(rotated, cfg.cross_descriptor, rotated_inside).describe(rp))
+            else:  # encoder features serve both cases
+                cross.append(descs[-1])
             offsets.append(rp - c)
             rotations.append(rot[:, :2])
-        region, region_grey = _support_region(work, pts, dcfg.object_size)
+        region, region_grey = _support_region(work, pts, self.object_size)
         region -= centre
         h0, w0 = image.shape[:2]
         centre_rel = keypoints.mean(axis=0) / np.array([w0, h0])
@@ -186,11 +220,11 @@ class OneShotMatcher:
         voters = _spread_subset(template.offsets[0], cfg.vote_keypoints)
         n_rot, n_kp, dim = support[:, voters].shape
         flat = support[:, voters].reshape(-1, dim)
-        stride = dcfg.stride
-        tol = max(1, int(round(cfg.vote_tolerance * dcfg.object_size / stride)))
+        stride = self.stride
+        tol = max(1, int(round(cfg.vote_tolerance * self.object_size / stride)))
+        zero_angle = int(np.argmin(np.abs((np.rad2deg(template.angles) + 180) % 360 - 180)))
         candidates: list[tuple[float, int, int, int, int]] = []  # (score, level, angle, x, y)
         levels = []
-        zero_angle = int(np.argmin(np.abs((np.rad2deg(template.angles) + 180) % 360 - 180)))
         qh, qw = image.shape[:2]
         diag = float(np.hypot(qh, qw))
         size_ratio = diag / template.image_diag  # objects are assumed to scale with the image
@@ -198,15 +232,16 @@ class OneShotMatcher:
         for ratio in cfg.scales:
             qscale = template.scale / (ratio * size_ratio)
             longest = max(image.shape[:2]) * qscale
-            if longest > cfg.max_working_side:
-                qscale *= cfg.max_working_side / longest
+            if longest > self.max_side:
+                qscale *= self.max_side / longest
             if max(image.shape[:2]) * qscale < 16:
                 continue
             work = _resize(image, qscale)
-            qdesc, grid = PooledChannels(work, dcfg).dense()
+            qdesc, grid = self._channels(work, dcfg).dense()
             hg, wg = grid.shape[:2]
+            origin = grid[0, 0].astype(np.float64)  # working px of grid cell (0, 0)
             sims = (flat @ qdesc.T).reshape(n_rot, n_kp, hg, wg)
-            levels.append((qscale, qdesc, (hg, wg), _smooth_grey(work)))
+            levels.append((qscale, qdesc, (hg, wg), _smooth_grey(work), origin))
             votes = np.exp((sims - 1.0) / cfg.temperature).astype(np.float32)
             prior = -0.5 * (np.log2(ratio) / cfg.scale_prior) ** 2
             centre_prior = np.zeros((hg, wg), np.float32)
@@ -226,18 +261,17 @@ class OneShotMatcher:
                 y, x = np.unravel_index(int(np.argmax(total)), total.shape)
                 score = float(total[y, x]) + prior + rot_prior
                 candidates.append((score, len(levels) - 1, ai, int(x), int(y)))
-                if ai == zero_angle and ratio == 1.0 and copy_bonus > 0:
+                if copy_bonus > 0 and ai == zero_angle and ratio == 1.0:
                     # the support's own place and pose, scaled with the image (what copying would do)
-                    cx, cy = np.clip(np.round(expected * qscale / stride).astype(int), 0, [wg - 1, hg - 1])
-                    copy_score = float(total[cy, cx]) + copy_bonus
-                    candidates.append((copy_score, len(levels) - 1, ai, int(cx), int(cy)))
+                    cx, cy = np.clip(np.round((expected * qscale - origin) / stride).astype(int), 0, [wg - 1, hg - 1])
+                    candidates.append((float(total[cy, cx]) + copy_bonus, len(levels) - 1, ai, int(cx), int(cy)))
         if not candidates:
             raise ValueError(f"query image of shape {image.shape} is too small to match")
         score, li, ai, x, y = self._verify(template, candidates, levels) if same_scene else max(candidates)
-        qscale, qdesc, (hg, wg), _ = levels[li]
+        qscale, qdesc, (hg, wg), _, origin = levels[li]
         sims = (support[ai] @ qdesc.T).reshape(-1, hg, wg)  # every keypoint, at the chosen rotation
         points, scores = self._refine(sims, template.offsets[ai], x, y)
-        points = points / qscale
+        points = (points + origin) / qscale
         return Match(points, scores, score, float(np.rad2deg(template.angles[ai])), template.scale / qscale, same_scene)
 
     def _verify(self, template: SupportTemplate, candidates: list, levels: list) -> tuple[float, int, int, int, int]:
@@ -248,8 +282,8 @@ class OneShotMatcher:
             return top[0]
         best = None
         for score, li, ai, x, y in top:
-            grey = levels[li][3]
-            pos = template.region @ template.rotations[ai].T + np.array([x, y]) * self.cfg.descriptor.stride
+            grey, origin = levels[li][3], levels[li][4]
+            pos = template.region @ template.rotations[ai].T + np.array([x, y]) * self.stride + origin
             vals = _bilinear(grey, pos[:, 0], pos[:, 1])[:, 0]
             vals = vals - vals.mean()
             ncc = float(vals @ template.region_grey / (np.linalg.norm(vals) + 1e-6))
@@ -260,11 +294,11 @@ class OneShotMatcher:
 
     def _refine(self, sims: np.ndarray, offsets: np.ndarray, cx: int, cy: int) -> tuple[np.ndarray, np.ndarray]:
         """Local arg-max of similarity x Gaussian prior around each voted keypoint; grid -> working px."""
-        cfg, dcfg = self.cfg, self.cfg.descriptor
-        stride = dcfg.stride
+        cfg = self.cfg
+        stride = self.stride
         n_kp, hg, wg = sims.shape
-        radius = cfg.refine_radius * dcfg.object_size / stride
-        sigma = cfg.refine_sigma * dcfg.object_size / stride
+        radius = cfg.refine_radius * self.object_size / stride
+        sigma = cfg.refine_sigma * self.object_size / stride
         ys, xs = np.mgrid[0:hg, 0:wg]
         points = np.zeros((n_kp, 2))
         scores = np.zeros(n_kp)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kp_model.mirror import mirror_permutation
 from kp_model.oneshot import OneShotConfig, OneShotMatcher, SupportTemplate
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class SupportError(ValueError):
 class PredictorConfig:
     engine: str = "oneshot"  # "oneshot": weight-free descriptor matching (runs anywhere, no download)
     oneshot: OneShotConfig = field(default_factory=OneShotConfig)  # settings of the oneshot engine
+    mirror: bool = False  # also try the support flipped, left/right labels swapped (other scenes): helps people, flips zebras
+    mirror_margin: float = 0.25  # the flipped support must beat the support's pose score by this much to be used
 
     def __post_init__(self) -> None:
         if self.engine != "oneshot":
@@ -43,7 +46,12 @@ class PredictorConfig:
     @classmethod
     def from_json(cls, text: str) -> PredictorConfig:
         data = json.loads(text)
-        return cls(engine=data.get("engine", "oneshot"), oneshot=OneShotConfig.from_dict(data.get("oneshot", {})))
+        return cls(
+            engine=data.get("engine", "oneshot"),
+            oneshot=OneShotConfig.from_dict(data.get("oneshot", {})),
+            mirror=bool(data.get("mirror", False)),
+            mirror_margin=float(data.get("mirror_margin", 0.25)),
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> PredictorConfig:
@@ -78,6 +86,7 @@ class KeypointPredictor:
         self.cfg = cfg
         self.matcher = OneShotMatcher(cfg.oneshot)
         self._template: SupportTemplate | None = None
+        self._mirror: SupportTemplate | None = None  # flipped support with left/right labels swapped
         self._names: list[str] = []
 
     @property
@@ -113,6 +122,12 @@ class KeypointPredictor:
             raise SupportError(f"support keypoints {bad} are not finite points inside the {w}x{h} image")
         t0 = time.perf_counter()
         self._template = self.matcher.build_template(image, kps)
+        self._mirror = None
+        perm = mirror_permutation(list(names)) if self.cfg.mirror else None
+        if perm is not None:  # keypoint i of the mirrored support is names[i], found where its partner was, flipped
+            flipped = kps[perm].copy()
+            flipped[:, 0] = w - 1 - flipped[:, 0]
+            self._mirror = self.matcher.build_template(np.ascontiguousarray(image[:, ::-1]), np.clip(flipped, 0, None))
         self._names = list(names)
         log.debug("support set: %d keypoints in %.2fs", len(kps), time.perf_counter() - t0)
 
@@ -123,7 +138,12 @@ class KeypointPredictor:
         out = []
         for image in images:
             t0 = time.perf_counter()
-            match = self.matcher.match(self._template, np.asarray(image))
+            image = np.asarray(image)
+            match = self.matcher.match(self._template, image)
+            if self._mirror is not None and not match.same_scene:  # another individual may face the other way
+                mirrored = self.matcher.match(self._mirror, image)
+                if mirrored.pose_score > match.pose_score + self.cfg.mirror_margin:
+                    match = mirrored
             out.append(KeypointPrediction(self.support_names, match.points, match.scores, time.perf_counter() - t0))
         return out
 

@@ -20,7 +20,7 @@ def test_pck_hand_computed() -> None:
 def test_copy_baseline_scales_with_image_size() -> None:
     support = np.zeros((100, 200, 3), np.uint8)
     query = np.zeros((50, 400, 3), np.uint8)
-    np.testing.assert_allclose(copy_engine(support, np.array([[100.0, 50.0]]), query), [[200.0, 25.0]])
+    np.testing.assert_allclose(copy_engine(support, np.array([[100.0, 50.0]]), ["p"], query), [[200.0, 25.0]])
 
 
 def test_best_instance_is_chosen() -> None:

@@ -73,3 +73,13 @@ def test_mouse_frames_beat_copying(mouse_dir) -> None:
         ours.append(pck(pred.points, inst.keypoints[:, :2], inst.visible, inst.bbox))
         copy.append(pck(kps[:, :2], inst.keypoints[:, :2], inst.visible, inst.bbox))
     assert np.mean(ours) >= np.mean(copy) + 0.3, (ours, copy)
+
+
+def test_partial_engine_config_file_from_the_readme(tmp_path) -> None:
+    path = tmp_path / "engine.json"
+    path.write_text('{"engine": "oneshot", "oneshot": {"encoder": {"name_or_path": "/models/dinov2-small", "device": "auto"}}}')
+    cfg = PredictorConfig.from_file(path)
+    assert cfg.oneshot.encoder.name_or_path == "/models/dinov2-small" and cfg.oneshot.encoder.device == "auto"
+    assert cfg.oneshot.rotations == OneShotConfig().rotations
+    with pytest.raises(ValueError, match="engine"):
+        PredictorConfig(engine="magic")
