@@ -72,7 +72,11 @@ class ImageFetcher:
         if self.client is not None and url.startswith(self.client.url):
             headers = self.client.auth_header()
         try:
-            with requests.get(url, headers=headers, timeout=self.timeout_s, stream=True) as resp:
+            with requests.get(url, headers=headers, timeout=self.timeout_s, stream=True, allow_redirects=False) as resp:
+                if resp.is_redirect:
+                    raise ImageLoadError(
+                        f"{url}: redirects are not followed (to {resp.headers.get('Location')!r}); use the final URL"
+                    )
                 if resp.status_code >= 400:
                     raise ImageLoadError(f"{url}: HTTP {resp.status_code} when downloading the image")
                 return read_limited(resp, self.max_bytes, url)

@@ -293,7 +293,7 @@ class OneShotMatcher:
         return best
 
     def _refine(self, sims: np.ndarray, offsets: np.ndarray, cx: int, cy: int) -> tuple[np.ndarray, np.ndarray]:
-        """Local arg-max of similarity x Gaussian prior around each voted keypoint; grid -> working px."""
+        """Local arg-max of similarity x Gaussian prior around each voted keypoint; grid cells -> working px."""
         cfg = self.cfg
         stride = self.stride
         n_kp, hg, wg = sims.shape

@@ -65,3 +65,38 @@ def test_pixel_cap_and_local_root(tmp_path: Path) -> None:
         fetcher.fetch(str(big))
     with pytest.raises(ImageLoadError, match="outside the allowed local root"):
         fetcher.fetch("/data/local-files/?d=../big.png")
+
+
+def test_http_download_size_cap_and_no_redirects(tmp_path: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = io.BytesIO()
+    Image.new("RGB", (20, 10), (5, 6, 7)).save(body, format="PNG")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/img.png":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body.getvalue())))
+                self.end_headers()
+                self.wfile.write(body.getvalue())
+            else:
+                self.send_response(302)
+                self.send_header("Location", "http://example.invalid/evil.png")
+                self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert ImageFetcher(None).fetch(f"{base}/img.png").shape == (10, 20, 3)
+        with pytest.raises(ImageLoadError, match="redirects are not followed"):
+            ImageFetcher(None).fetch(f"{base}/moved.png")
+        with pytest.raises(ImageLoadError, match="byte image limit"):
+            ImageFetcher(None, max_bytes=10).fetch(f"{base}/img.png")
+    finally:
+        server.shutdown()
