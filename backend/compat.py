@@ -94,6 +94,29 @@ def _json_body() -> dict:
     return data
 
 
+def _check_basic_auth():
+    """Before every request: the credentials of KPASSIST_BASIC_AUTH_USER/PASSWORD when they are set."""
+    import hmac
+
+    from flask import current_app
+
+    expected = current_app.config.get("KPASSIST_BASIC_AUTH")
+    if not expected:
+        return None
+    auth = request.authorization
+    user, password = expected
+    if (
+        auth is not None
+        and hmac.compare_digest(str(auth.username or ""), user)
+        and hmac.compare_digest(str(auth.password or ""), password)
+    ):
+        return None
+    resp = jsonify({"status": 401, "detail": "basic auth required: set the ML backend's user and password in Label Studio"})
+    resp.status_code = 401
+    resp.headers["WWW-Authenticate"] = 'Basic realm="kpassist"'
+    return resp
+
+
 def create_app(settings: Settings | None = None, service: PredictionService | None = None) -> Flask:
     """The label-studio-ml 1.0.9 Flask app with kpassist's model and the fixes above."""
     from label_studio_ml import api  # imported here: it builds its Flask app and manager at import
@@ -104,6 +127,12 @@ def create_app(settings: Settings | None = None, service: PredictionService | No
     app: Flask = api.init_app(KeypointModel, model_dir=settings.data_dir)
     app.config["KPASSIST_REGISTRY"] = registry
     app.config["KPASSIST_SERVICE"] = service
+    # label-studio-ml's app is a module global: the hook is added once and reads this app's settings
+    app.config["KPASSIST_BASIC_AUTH"] = (
+        (settings.basic_auth_user, settings.basic_auth_password) if settings.basic_auth_user else None
+    )
+    if _check_basic_auth not in app.before_request_funcs.setdefault(None, []):
+        app.before_request(_check_basic_auth)
 
     def setup():
         data = _json_body()

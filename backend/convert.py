@@ -41,8 +41,9 @@ def percent_to_pixels(xy_percent: np.ndarray, width: int, height: int) -> np.nda
 
 
 def pixels_to_percent(xy_pixels: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(K, 2) pixels -> (K, 2) percent of a width x height image."""
-    return np.asarray(xy_pixels, np.float64).reshape(-1, 2) * 100.0 / np.array([width, height])
+    """(K, 2) pixels -> (K, 2) percent of a width x height image (non-finite input stays non-finite)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(xy_pixels, np.float64).reshape(-1, 2) * 100.0 / np.array([width, height])
 
 
 def regions_to_points(result: object, control: KeypointControl) -> LabelledPoints:

@@ -16,20 +16,27 @@ class ImageFetcher:
     """Resolves task image references to RGB arrays.
 
     Handles Label Studio paths (``/data/upload/...``, ``/data/local-files/?d=...``; fetched from the
-    Label Studio server with its token), http(s) URLs, ``file://`` URLs and local paths. A configured
-    ``local_root`` serves ``/data/local-files`` from disk and confines local paths to it.
+    Label Studio server with its token), http(s) URLs, ``file://`` URLs and local paths.
+
+    Where images may come from: the Label Studio host, the ``allowed_hosts``, and files under
+    ``local_root`` (which also serves ``/data/local-files`` from disk). Without a ``local_root`` no local
+    file is read. Redirects are not followed; size and time are capped.
     """
 
     def __init__(
         self,
         client: LabelStudioClient | None,
         local_root: Path | None = None,
+        allowed_hosts: tuple[str, ...] = (),
         max_bytes: int = 50_000_000,
         max_pixels: int = 64_000_000,
         timeout_s: float = 20.0,
     ) -> None:
         self.client = client
         self.local_root = local_root.resolve() if local_root else None
+        self.allowed_hosts = {h.lower() for h in allowed_hosts}
+        if client is not None:
+            self.allowed_hosts.add((urlparse(client.url).hostname or "").lower())
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.timeout_s = timeout_s
@@ -68,6 +75,11 @@ class ImageFetcher:
         raise ImageLoadError(f"{ref}: unsupported image URL scheme {parsed.scheme!r} (use http(s), file or a path)")
 
     def _download(self, url: str) -> bytes:
+        host = (urlparse(url).hostname or "").lower()
+        if host not in self.allowed_hosts:
+            raise ImageLoadError(
+                f"{url}: host {host!r} is not Label Studio's nor allowed; add it to KPASSIST_ALLOWED_HOSTS to fetch from it"
+            )
         headers = {}
         if self.client is not None and url.startswith(self.client.url):
             headers = self.client.auth_header()
@@ -86,8 +98,10 @@ class ImageFetcher:
             raise ImageLoadError(str(exc)) from exc
 
     def _read_local(self, path: Path) -> bytes:
+        if self.local_root is None:
+            raise ImageLoadError(f"{path}: local files are not served; set KPASSIST_LOCAL_ROOT to the directory that holds them")
         resolved = path.resolve()
-        if self.local_root is not None and not resolved.is_relative_to(self.local_root):
+        if not resolved.is_relative_to(self.local_root):
             raise ImageLoadError(f"{path}: outside the allowed local root {self.local_root} (KPASSIST_LOCAL_ROOT)")
         if not resolved.is_file():
             raise ImageLoadError(f"{path}: no such image file")

@@ -59,7 +59,9 @@ class PredictionService:
             if conn is None:
                 client = LabelStudioClient(url, key) if url else None
                 root = Path(self.settings.local_root) if self.settings.local_root else None
-                fetcher = ImageFetcher(client, root, self.settings.max_image_bytes, self.settings.max_image_pixels)
+                fetcher = ImageFetcher(
+                    client, root, self.settings.allowed_host_list, self.settings.max_image_bytes, self.settings.max_image_pixels
+                )
                 conn = self._connections[(url, key)] = Connection(client, fetcher)
             return conn
 

@@ -19,7 +19,10 @@ class Settings:
     score_threshold: float = 0.05  # KPASSIST_SCORE_THRESHOLD: keypoints scoring below it are left out of predictions
     engine_config: str = ""  # KPASSIST_ENGINE_CONFIG: JSON file of a PredictorConfig; empty = built-in default
     data_dir: str = "var"  # KPASSIST_DATA_DIR: where the backend keeps its state (versions, logs)
-    local_root: str = ""  # KPASSIST_LOCAL_ROOT: directory served for /data/local-files and local paths; empty = any path
+    local_root: str = ""  # KPASSIST_LOCAL_ROOT: directory served for /data/local-files and local paths; empty = no local files
+    allowed_hosts: str = ""  # KPASSIST_ALLOWED_HOSTS: comma-separated hosts images may come from besides Label Studio's
+    basic_auth_user: str = ""  # KPASSIST_BASIC_AUTH_USER: with the password, every endpoint requires HTTP basic auth
+    basic_auth_password: str = ""  # KPASSIST_BASIC_AUTH_PASSWORD: never logged
     max_image_pixels: int = 64_000_000  # KPASSIST_MAX_IMAGE_PIXELS: bigger images are refused (decompression bombs)
     max_image_bytes: int = 50_000_000  # KPASSIST_MAX_IMAGE_BYTES: bigger downloads are refused
     max_batch: int = 1000  # KPASSIST_MAX_BATCH: most tasks accepted in one /predict
@@ -36,12 +39,19 @@ class Settings:
             raise SettingsError(f"engine_config (KPASSIST_ENGINE_CONFIG) {self.engine_config!r} is not a file")
         if self.local_root and not Path(self.local_root).is_dir():
             raise SettingsError(f"local_root (KPASSIST_LOCAL_ROOT) {self.local_root!r} is not a directory")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_password):
+            raise SettingsError("set both KPASSIST_BASIC_AUTH_USER and KPASSIST_BASIC_AUTH_PASSWORD, or neither")
         if not self.queue_name:
             raise SettingsError("queue_name (KPASSIST_QUEUE) must not be empty")
 
-    def __repr__(self) -> str:  # the API key stays out of logs and tracebacks
+    @property
+    def allowed_host_list(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+
+    def __repr__(self) -> str:  # secrets stay out of logs and tracebacks
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
-        shown["label_studio_api_key"] = "***" if self.label_studio_api_key else ""
+        for secret in ("label_studio_api_key", "basic_auth_password"):
+            shown[secret] = "***" if shown[secret] else ""
         return f"Settings({shown})"
 
     @classmethod
@@ -54,6 +64,9 @@ class Settings:
             "engine_config": "KPASSIST_ENGINE_CONFIG",
             "data_dir": "KPASSIST_DATA_DIR",
             "local_root": "KPASSIST_LOCAL_ROOT",
+            "allowed_hosts": "KPASSIST_ALLOWED_HOSTS",
+            "basic_auth_user": "KPASSIST_BASIC_AUTH_USER",
+            "basic_auth_password": "KPASSIST_BASIC_AUTH_PASSWORD",
             "max_image_pixels": "KPASSIST_MAX_IMAGE_PIXELS",
             "max_image_bytes": "KPASSIST_MAX_IMAGE_BYTES",
             "max_batch": "KPASSIST_MAX_BATCH",

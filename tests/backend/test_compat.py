@@ -42,8 +42,8 @@ def images(tmp_path: Path) -> dict[str, str]:
     return out
 
 
-def make_client(tmp_path: Path, support: SupportRef | None = None):
-    settings = Settings(data_dir=str(tmp_path / "var"))
+def make_client(tmp_path: Path, support: SupportRef | None = None, **settings_kw: str):
+    settings = Settings(data_dir=str(tmp_path / "var"), local_root=str(tmp_path), **settings_kw)
     app = create_app(settings, LocalSupportService(settings, support))
     return app, app.test_client()
 
@@ -137,3 +137,26 @@ def test_bad_requests_are_4xx(tmp_path: Path) -> None:
 )
 def test_parse_project(value: object, expected: int | None) -> None:
     assert parse_project(value) == expected
+
+
+def test_basic_auth_guards_every_endpoint(tmp_path: Path) -> None:
+    import base64
+
+    _, client = make_client(tmp_path, basic_auth_user="ann", basic_auth_password="s3cret")
+    good = {"Authorization": "Basic " + base64.b64encode(b"ann:s3cret").decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(b"ann:nope").decode()}
+    for method, path, body in [
+        ("get", "/health", None),
+        ("post", "/setup", {"project": "1.1", "schema": CONFIG}),
+        ("post", "/predict", {"tasks": [], "label_config": CONFIG}),
+        ("get", "/versions", None),
+        ("post", "/webhook", {"action": "PROJECT_UPDATED", "project": {"id": 1}}),
+    ]:
+        call = getattr(client, method)
+        assert call(path, json=body).status_code == 401
+        assert call(path, json=body, headers=bad).status_code == 401
+        resp = call(path, json=body, headers=good)
+        assert resp.status_code == 200, (path, resp.json)
+    assert client.get("/health").headers["WWW-Authenticate"].startswith("Basic")
+    _, open_client = make_client(tmp_path)  # a later app without credentials is not guarded
+    assert open_client.get("/health").status_code == 200

@@ -21,7 +21,7 @@ def png(path: Path, size: tuple[int, int] = (40, 30), exif_rotate: bool = False)
 
 
 def test_local_path_file_url_and_exif(tmp_path: Path) -> None:
-    f = ImageFetcher(None)
+    f = ImageFetcher(None, local_root=tmp_path)
     assert f.fetch(str(png(tmp_path / "a.png"))).shape == (30, 40, 3)
     assert f.fetch(f"file://{tmp_path / 'a.png'}").dtype == np.uint8
     assert f.fetch(str(png(tmp_path / "r.jpg", exif_rotate=True))).shape == (40, 30, 3)  # EXIF applied
@@ -40,7 +40,7 @@ def test_local_path_file_url_and_exif(tmp_path: Path) -> None:
 )
 def test_bad_images_fail_clearly(tmp_path: Path, make, message: str) -> None:
     with pytest.raises(ImageLoadError, match=message):
-        ImageFetcher(None).fetch(make(tmp_path))
+        ImageFetcher(None, local_root=tmp_path).fetch(make(tmp_path))
 
 
 def test_truncated_image(tmp_path: Path) -> None:
@@ -48,13 +48,15 @@ def test_truncated_image(tmp_path: Path) -> None:
     Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="PNG")
     (tmp_path / "cut.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(ImageLoadError, match="not a readable image"):
-        ImageFetcher(None).fetch(str(tmp_path / "cut.png"))
+        ImageFetcher(None, local_root=tmp_path).fetch(str(tmp_path / "cut.png"))
 
 
 def test_pixel_cap_and_local_root(tmp_path: Path) -> None:
     big = png(tmp_path / "big.png", (300, 300))
     with pytest.raises(ImageLoadError, match="pixel limit"):
-        ImageFetcher(None, max_pixels=10_000).fetch(str(big))
+        ImageFetcher(None, local_root=tmp_path, max_pixels=10_000).fetch(str(big))
+    with pytest.raises(ImageLoadError, match="KPASSIST_LOCAL_ROOT"):
+        ImageFetcher(None).fetch(str(big))  # no local root: no local file is read
     root = tmp_path / "root"
     root.mkdir()
     inside = png(root / "in.png")
@@ -92,11 +94,14 @@ def test_http_download_size_cap_and_no_redirects(tmp_path: Path) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
+    allowed = ("127.0.0.1",)
     try:
-        assert ImageFetcher(None).fetch(f"{base}/img.png").shape == (10, 20, 3)
+        assert ImageFetcher(None, allowed_hosts=allowed).fetch(f"{base}/img.png").shape == (10, 20, 3)
+        with pytest.raises(ImageLoadError, match="KPASSIST_ALLOWED_HOSTS"):
+            ImageFetcher(None).fetch(f"{base}/img.png")  # a host nobody allowed
         with pytest.raises(ImageLoadError, match="redirects are not followed"):
-            ImageFetcher(None).fetch(f"{base}/moved.png")
+            ImageFetcher(None, allowed_hosts=allowed).fetch(f"{base}/moved.png")
         with pytest.raises(ImageLoadError, match="byte image limit"):
-            ImageFetcher(None, max_bytes=10).fetch(f"{base}/img.png")
+            ImageFetcher(None, allowed_hosts=allowed, max_bytes=10).fetch(f"{base}/img.png")
     finally:
         server.shutdown()
