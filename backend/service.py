@@ -65,22 +65,24 @@ class PredictionService:
                 conn = self._connections[(url, key)] = Connection(client, fetcher)
             return conn
 
-    def find_support(self, project: int | None, control: KeypointControl, conn: Connection) -> SupportRef | None:
-        """The project's current support annotation for ``control``, or None when there is none yet."""
+    def find_supports(self, project: int | None, controls: list[KeypointControl], conn: Connection) -> list[SupportRef | None]:
+        """The project's current support annotation for each control (None where there is none yet);
+        the annotated tasks are read from Label Studio once for all controls."""
         if project is None or conn.client is None:
-            log.warning(
-                "no support: %s",
+            why = (
                 "unknown project"
                 if project is None
-                else "no Label Studio URL (connect from Label Studio or set LABEL_STUDIO_URL)",
+                else "no Label Studio URL (connect from Label Studio or set LABEL_STUDIO_URL)"
             )
-            return None
-        return select_support(conn.client.annotated_tasks(project), control)
+            log.warning("no support: %s", why)
+            return [None] * len(controls)
+        tasks = list(conn.client.annotated_tasks(project))
+        return [select_support(tasks, control) for control in controls]
 
     def model_version(self, project: int | None, controls: list[KeypointControl], conn: Connection) -> str:
         """Engine version plus the support annotation(s) in use: LS re-predicts when the support changes."""
         try:
-            refs = [self.find_support(project, control, conn) for control in controls]
+            refs = self.find_supports(project, controls, conn)
         except LabelStudioError as exc:
             log.warning("project %s: cannot look up the support annotation: %s", project, exc)
             return self.engine_version
@@ -101,7 +103,7 @@ class PredictionService:
         if len(tasks) > self.settings.max_batch:
             raise BatchTooLargeError(f"{len(tasks)} tasks in one request; at most {self.settings.max_batch} (KPASSIST_MAX_BATCH)")
         supports = []
-        refs = [self.find_support(project, control, conn) for control in controls]
+        refs = self.find_supports(project, controls, conn)
         for control, ref in zip(controls, refs, strict=True):
             if ref is None:
                 log.info(
@@ -129,8 +131,10 @@ class PredictionService:
             data = task.get("data") if isinstance(task, dict) else None
             ref = data.get(control.image_field) if isinstance(data, dict) else None
             try:
-                if ref is None:
-                    raise ImageLoadError(f"task has no data.{control.image_field} field for <Image name={control.to_name}>")
+                if not isinstance(ref, str):
+                    raise ImageLoadError(
+                        f"task needs data.{control.image_field}: the image URL for <Image name={control.to_name}>"
+                    )
                 if ref not in images:
                     images[ref] = conn.fetcher.fetch(ref)
             except ImageLoadError as exc:

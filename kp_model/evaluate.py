@@ -80,7 +80,8 @@ def evaluate_folder(folder: Path, engines: dict[str, Engine], max_queries: int |
 
     def image(path: Path) -> np.ndarray:
         if path not in cache:
-            cache.clear() if len(cache) > 8 else None
+            if len(cache) > 8:  # bounded: a folder can hold thousands of images
+                cache.clear()
             cache[path] = load_image_rgb(path)
         return cache[path]
 

@@ -24,8 +24,8 @@ class LocalSupportService(PredictionService):
         super().__init__(settings)
         self.support = support
 
-    def find_support(self, project, control, conn):
-        return self.support
+    def find_supports(self, project, controls, conn):
+        return [self.support for _ in controls]
 
 
 @pytest.fixture()
@@ -107,13 +107,14 @@ def test_predictions_one_per_task_and_a_broken_image_fails_alone(tmp_path: Path,
         {"id": 11, "data": {"image": images["broken"]}},
         {"id": 12, "data": {"image": "/nowhere/missing.png"}},
         {"id": 13, "data": {}},
+        {"id": 15, "data": {"image": ["not", "a", "url"]}},
         {"id": 14, "data": {"image": images["support"]}},
     ]
     resp = client.post("/predict", json={"tasks": tasks, "project": "2.1", "label_config": CONFIG})
     assert resp.status_code == 200
     results = resp.json["results"]
-    assert len(results) == 5 and results[1] == results[2] == results[3] == []
-    for good in (results[0], results[4]):
+    assert len(results) == 6 and results[1] == results[2] == results[3] == results[4] == []
+    for good in (results[0], results[5]):
         labels = sorted(r["value"]["keypointlabels"][0] for r in good["result"])
         assert labels == ["leftear", "rightear", "snout"] and 0 <= good["score"] <= 1
         assert all("model_version" not in r for r in good["result"])
