@@ -113,12 +113,13 @@ class PooledChannels:
     def _normalise(self, samples: np.ndarray) -> np.ndarray:
         """(N, n_blocks, C) pooled samples -> unit-norm zero-mean blocks (histogram normalised, colour weighted)."""
         n = self.cfg.orientations
-        hist = samples[..., :n]
-        hist = hist / (np.linalg.norm(hist, axis=2, keepdims=True) + self.norm_floor)
-        blocks = np.concatenate([hist, self.cfg.colour_weight * samples[..., n:]], axis=2)
+        blocks = np.array(samples, dtype=np.float32)  # a copy, normalised in place
+        hist = blocks[..., :n]
+        hist /= (np.sqrt(np.einsum("ijk,ijk->ij", hist, hist)) + self.norm_floor)[..., None]
+        blocks[..., n:] *= self.cfg.colour_weight
         blocks -= blocks.mean(axis=2, keepdims=True)
-        blocks /= np.linalg.norm(blocks, axis=2, keepdims=True) + 1e-6
-        return blocks.astype(np.float32)
+        blocks /= (np.sqrt(np.einsum("ijk,ijk->ij", blocks, blocks)) + 1e-6)[..., None]
+        return blocks
 
     def dense(self) -> tuple[np.ndarray, np.ndarray]:
         """Descriptors on a regular grid of step ``cfg.stride``.
