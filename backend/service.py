@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,10 +117,12 @@ class PredictionService:
                 supports.append((control, self.supports.get(project or 0, control, ref, conn.fetcher.fetch)))
             except (ImageLoadError, SupportError) as exc:
                 log.error("project %s: support annotation %s unusable: %s", project, ref.annotation_id, exc)
-        results: list = []
         t0 = time.perf_counter()
-        for task in tasks:
-            results.append(self._predict_task(task, supports, conn) if supports else [])
+        if not supports:
+            results: list = [[] for _ in tasks]
+        else:
+            with ThreadPoolExecutor(max_workers=self.settings.predict_threads, thread_name_prefix="predict") as pool:
+                results = list(pool.map(lambda task: self._predict_task(task, supports, conn), tasks))
         log.info("project %s: %d tasks predicted in %.2fs", project, len(tasks), time.perf_counter() - t0)
         return results, self._version(refs)
 

@@ -26,13 +26,14 @@ class Settings:
     max_image_pixels: int = 64_000_000  # KPASSIST_MAX_IMAGE_PIXELS: bigger images are refused (decompression bombs)
     max_image_bytes: int = 50_000_000  # KPASSIST_MAX_IMAGE_BYTES: bigger downloads are refused
     max_batch: int = 1000  # KPASSIST_MAX_BATCH: most tasks accepted in one /predict
+    predict_threads: int = 2  # KPASSIST_PREDICT_THREADS: tasks of one /predict handled in parallel (1.5x on 2 cores)
     redis_url: str = "redis://127.0.0.1:6379/0"  # REDIS_URL: the RQ queue's Redis
     queue_name: str = "kpassist"  # KPASSIST_QUEUE: RQ queue the training worker listens on
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
             raise SettingsError(f"score_threshold (KPASSIST_SCORE_THRESHOLD) must be in [0, 1], got {self.score_threshold}")
-        for name in ("max_image_pixels", "max_image_bytes", "max_batch"):
+        for name in ("max_image_pixels", "max_image_bytes", "max_batch", "predict_threads"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.engine_config and not Path(self.engine_config).is_file():
@@ -70,6 +71,7 @@ class Settings:
             "max_image_pixels": "KPASSIST_MAX_IMAGE_PIXELS",
             "max_image_bytes": "KPASSIST_MAX_IMAGE_BYTES",
             "max_batch": "KPASSIST_MAX_BATCH",
+            "predict_threads": "KPASSIST_PREDICT_THREADS",
             "redis_url": "REDIS_URL",
             "queue_name": "KPASSIST_QUEUE",
         }

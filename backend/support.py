@@ -80,7 +80,8 @@ class SupportCache:
     def __init__(self, make_predictor: Callable[[], KeypointPredictor]) -> None:
         self._make = make_predictor
         self._items: dict[tuple[int, str], CachedSupport] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts; building a support holds only its key's lock
+        self._key_locks: dict[tuple[int, str], threading.Lock] = {}
         self.builds = 0  # how many times support features were computed (observability, tests)
 
     def get(self, project: int, control: KeypointControl, ref: SupportRef, load_image: Callable[[str], object]) -> CachedSupport:
@@ -91,6 +92,8 @@ class SupportCache:
         """
         key = (project, control.from_name)
         with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # one build per key at a time; other projects are not blocked
             cached = self._items.get(key)
             if cached is not None and cached.ref.key == ref.key:
                 return cached
@@ -98,9 +101,10 @@ class SupportCache:
             h, w = image.shape[:2]
             predictor = self._make()
             predictor.set_support(image, percent_to_pixels(ref.xy_percent, w, h), list(ref.names))
-            self.builds += 1
             cached = CachedSupport(ref, predictor)
-            self._items[key] = cached
+            with self._lock:
+                self.builds += 1
+                self._items[key] = cached
             log.info(
                 "project %s: support set from annotation %s (task %s, %d keypoints)",
                 project,
