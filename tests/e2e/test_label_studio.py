@@ -70,7 +70,7 @@ def test_retrieve_predictions_from_one_annotated_frame(tmp_path: Path, mouse_dir
             for i, (x, y, v) in enumerate(kps)
             if v > 0
         ]
-        api("POST", f"/api/tasks/{support_task['id']}/annotations", json={"result": result})
+        annotation = api("POST", f"/api/tasks/{support_task['id']}/annotations", json={"result": result}).json()
 
         api("POST", "/api/ml", json={"url": backend_url, "project": pid, "title": "kpassist"})
         everything = {"selectedItems": {"all": True, "excluded": []}}
@@ -106,3 +106,14 @@ def test_retrieve_predictions_from_one_annotated_frame(tmp_path: Path, mouse_dir
         assert versions == {ml["model_version"]} and "+support." in ml["model_version"]
         print(f"e2e PCK@0.2 kpassist {np.mean(ours):.3f} vs copy {np.mean(copy):.3f} per frame {ours}")
         assert np.mean(ours) > np.mean(copy)
+
+        # the annotator corrects the support: the next retrieve re-predicts every task with the new support
+        moved = [dict(r, value=dict(r["value"], x=min(r["value"]["x"] + 0.5, 100.0))) for r in result]
+        api("PATCH", f"/api/annotations/{annotation['id']}", json={"result": moved})
+        api("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={pid}", json=everything)
+        new_version = api("GET", f"/api/ml?project={pid}").json()[0]["model_version"]
+        assert new_version != ml["model_version"] and f"+support.{annotation['id']}@" in new_version
+        for task in tasks:
+            if task["id"] != support_task["id"]:
+                preds = api("GET", f"/api/predictions/?task={task['id']}").json()
+                assert {p["model_version"] for p in preds} == {ml["model_version"], new_version}, preds
