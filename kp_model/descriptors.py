@@ -7,7 +7,7 @@ of the image it is computed on; the caller picks the working scale so that objec
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -39,14 +39,6 @@ class DescriptorConfig:
             raise ValueError(f"colour_weight must be >= 0, got {self.colour_weight}")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def dim(self) -> int:
-        """Length D of one descriptor."""
-        return (1 + 2 * self.ring_points) * (self.orientations + 3)
 
 
 class PooledChannels:

@@ -8,7 +8,7 @@ configures a hub id on a machine that can reach it. torch and transformers are i
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,9 +43,6 @@ class EncoderConfig:
     @property
     def enabled(self) -> bool:
         return bool(self.name_or_path)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class PatchEncoder:

@@ -19,7 +19,7 @@ All coordinates in and out are pixels (x right, y down) of the original images.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -74,9 +74,6 @@ class OneShotConfig:
             raise ValueError(f"vote_keypoints must be >= 1, got {self.vote_keypoints}")
         if self.max_working_side < 64:
             raise ValueError(f"max_working_side must be >= 64, got {self.max_working_side}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> OneShotConfig:
