@@ -92,6 +92,15 @@ def bench_oneshot(args: argparse.Namespace) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     Path(args.out).with_suffix(".md").write_text(markdown_table(report) + "\n")
+    if not args.no_plots:
+        from kp_model.plots import overlay_grid, pck_bars
+
+        out = Path(args.out)
+        pck_bars(report, out.with_name(out.stem + "-pck.png"))
+        data = Path(args.data)
+        folders = [data] if (data / "annotations.json").is_file() else [data / name for name in report["folders"]]
+        overlay_grid(folders[:8], out.with_name(out.stem + "-overlays.png"))
+        log.info("plots written beside %s", out)
     print(markdown_table(report))
     log.info("report written to %s", args.out)
     return 0
@@ -119,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-queries", type=int, default=None, help="at most this many queries per category")
     b.add_argument("--config", default=None, help="PredictorConfig JSON file (default: built-in)")
     b.add_argument("--out", default="bench-out/oneshot.json")
+    b.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     b.set_defaults(func=bench_oneshot)
     args = parser.parse_args(argv)
     return int(args.func(args))
