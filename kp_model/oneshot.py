@@ -49,6 +49,7 @@ class OneShotConfig:
     rotation_prior_deg: float = 90.0  # std of the prior favouring the support's orientation (0 = flat)
     copy_pose_bonus: float = 2.0  # other scenes: margin (mean log-vote) a searched pose must beat the support's own pose by
     verify_top: int = 12  # best poses re-ranked by dense grey correlation of the warped support region
+    verify_region_grow: float = 0.15  # verified region: keypoint hull grown by this x object_size (more takes in the tail)
     verify_weight: float = 2.0  # weight of that correlation (in [-1, 1]) added to the pose score, same scene only
     same_scene_threshold: float = 0.8  # thumbnail correlation above which the query is the support's scene (no copy bonus)
     centre_prior: float = 0.5  # std of the prior on the object centre at the support's relative place (x diagonal; 0 = flat)
@@ -65,6 +66,8 @@ class OneShotConfig:
             raise ValueError(f"scales must be non-empty and positive, got {self.scales}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.verify_region_grow < 0:
+            raise ValueError(f"verify_region_grow must be >= 0, got {self.verify_region_grow}")
         if self.rotation_prior_deg < 0 or self.centre_prior < 0:
             raise ValueError("rotation_prior_deg and centre_prior must be >= 0 (0 = no prior)")
         for name in ("vote_tolerance", "refine_radius", "refine_sigma", "scale_prior"):
@@ -189,7 +192,7 @@ class OneShotMatcher:
                 cross.append(descs[-1])
             offsets.append(rp - c)
             rotations.append(rot[:, :2])
-        region, region_grey = _support_region(work, pts, self.object_size)
+        region, region_grey = _support_region(work, pts, max(1, int(cfg.verify_region_grow * self.object_size)))
         region -= centre
         h0, w0 = image.shape[:2]
         centre_rel = keypoints.mean(axis=0) / np.array([w0, h0])
@@ -345,14 +348,13 @@ def _smooth_grey(image: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(grey, (0, 0), 1.5)[..., None]
 
 
-def _support_region(work: np.ndarray, pts: np.ndarray, object_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels (step 2) of the keypoints' convex hull grown by a quarter object size, inside the image,
-    and their zero-mean unit-norm grey values. Returns (M, 2) working px and (M,)."""
+def _support_region(work: np.ndarray, pts: np.ndarray, grow: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels (step 2) of the keypoints' convex hull grown by ``grow`` px, inside the image, and their
+    zero-mean unit-norm grey values. Returns (M, 2) working px and (M,)."""
     h, w = work.shape[:2]
     mask = np.zeros((h, w), np.uint8)
     hull = cv2.convexHull(np.round(pts).astype(np.int32).reshape(-1, 1, 2))
     cv2.fillConvexPoly(mask, hull, 1)
-    grow = max(1, int(0.25 * object_size))
     mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
     ys, xs = np.nonzero(mask[::2, ::2])
     region = np.stack([xs * 2, ys * 2], axis=1).astype(np.float64)
