@@ -91,7 +91,8 @@ def bench_oneshot(args: argparse.Namespace) -> int:
     report = run_oneshot_bench(Path(args.data), args.folders, args.max_queries, args.config)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    Path(args.out).with_suffix(".md").write_text(markdown_table(report) + "\n")
+    table = markdown_table(report)
+    Path(args.out).with_suffix(".md").write_text(table + "\n")
     if not args.no_plots:
         from kp_model.plots import overlay_grid, pck_bars
 
@@ -101,7 +102,7 @@ def bench_oneshot(args: argparse.Namespace) -> int:
         folders = [data] if (data / "annotations.json").is_file() else [data / name for name in report["folders"]]
         overlay_grid(folders[:8], out.with_name(out.stem + "-overlays.png"))
         log.info("plots written beside %s", out)
-    print(markdown_table(report))
+    print(table)
     log.info("report written to %s", args.out)
     return 0
 

@@ -59,8 +59,9 @@ def one_shot_pairs(samples: list[Sample], max_queries: int | None = None) -> Ite
             yield group[0], q
 
 
-def best_instance_errors(pred: np.ndarray, mask: np.ndarray, query: Sample) -> np.ndarray:
-    """Normalised errors against the query instance that the prediction matches best (mean error)."""
+def best_instance(pred: np.ndarray, mask: np.ndarray, query: Sample) -> tuple[Instance, np.ndarray] | None:
+    """The query instance the prediction matches best (lowest mean normalised error, each capped at 1) and
+    the normalised errors of the keypoints that count (``mask`` and visible); None when none counts."""
     best = None
     for inst in query.instances:
         m = mask & inst.visible
@@ -69,8 +70,14 @@ def best_instance_errors(pred: np.ndarray, mask: np.ndarray, query: Sample) -> n
         err = normalised_errors(pred[m], inst.keypoints[m, :2], inst.bbox)
         key = float(np.mean(np.minimum(err, 1.0)))
         if best is None or key < best[0]:
-            best = (key, err)
-    return np.zeros(0) if best is None else best[1]
+            best = (key, inst, err)
+    return None if best is None else (best[1], best[2])
+
+
+def best_instance_errors(pred: np.ndarray, mask: np.ndarray, query: Sample) -> np.ndarray:
+    """Normalised errors against the query instance that the prediction matches best (see best_instance)."""
+    found = best_instance(pred, mask, query)
+    return np.zeros(0) if found is None else found[1]
 
 
 def evaluate_folder(folder: Path, engines: dict[str, Engine], max_queries: int | None = None) -> dict[str, list[PairResult]]:

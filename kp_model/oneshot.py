@@ -241,7 +241,8 @@ class OneShotMatcher:
             hg, wg = grid.shape[:2]
             origin = grid[0, 0].astype(np.float64)  # working px of grid cell (0, 0)
             sims = (flat @ qdesc.T).reshape(n_rot, n_kp, hg, wg)
-            levels.append((qscale, qdesc, (hg, wg), _smooth_grey(work), origin))
+            grey = _smooth_grey(work) if same_scene else None  # only the same-scene verification reads it
+            levels.append((qscale, qdesc, (hg, wg), grey, origin))
             votes = np.exp((sims - 1.0) / cfg.temperature).astype(np.float32)
             prior = -0.5 * (np.log2(ratio) / cfg.scale_prior) ** 2
             centre_prior = np.zeros((hg, wg), np.float32)

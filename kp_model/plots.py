@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from kp_model.coco import load_coco_keypoints
-from kp_model.evaluate import best_instance_errors, one_shot_pairs, support_instance
+from kp_model.evaluate import best_instance, one_shot_pairs, support_instance
 from kp_model.images import load_image_rgb
 from kp_model.predictor import PredictorConfig, build_predictor
 
@@ -68,12 +68,15 @@ def overlay_grid(folders: list[Path], out: Path, cfg: PredictorConfig | None = N
             image = load_image_rgb(query.image_path)
             pred = np.full((len(mask), 2), np.nan)
             pred[mask] = predictor.predict([image])[0].points
-            best = min(query.instances, key=lambda i: np.nanmean(np.linalg.norm(i.keypoints[:, :2] - pred, axis=1)))
-            errors = best_instance_errors(pred, mask, query)
+            found = best_instance(pred, mask, query)
             ax.imshow(image)
-            ax.scatter(*best.keypoints[mask & best.visible, :2].T, s=8, c="lime")
             ax.scatter(*pred[mask].T, s=10, facecolors="none", edgecolors="red")
-            ax.set_title(f"PCK@0.2 {np.mean(errors <= 0.2):.2f}" if errors.size else "no match", fontsize=8)
+            if found is None:
+                ax.set_title("no ground truth to compare", fontsize=8)
+                continue
+            inst, errors = found  # the instance the PCK in the title is measured against
+            ax.scatter(*inst.keypoints[mask & inst.visible, :2].T, s=8, c="lime")
+            ax.set_title(f"PCK@0.2 {np.mean(errors <= 0.2):.2f}", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
