@@ -19,12 +19,14 @@ import threading
 from dataclasses import dataclass
 
 from flask import Flask, jsonify, request
+from redis.exceptions import RedisError
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from backend.events import EventLog
 from backend.label_config import LabelConfigError
 from backend.ls_client import LabelStudioError
 from backend.model import KeypointModel
-from backend.service import BatchTooLargeError, PredictionService
+from backend.service import BatchTooLargeError, PredictionService, project_store
 from backend.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,10 @@ def create_app(settings: Settings | None = None, service: PredictionService | No
 
     settings = settings or Settings.from_env()
     service = service or PredictionService(settings)
+    if service.training is None:
+        from backend.training_queue import TrainingQueue
+
+        service.training = TrainingQueue(settings)
     registry = ModelRegistry(service)
     app: Flask = api.init_app(KeypointModel, model_dir=settings.data_dir)
     app.config["KPASSIST_REGISTRY"] = registry
@@ -166,13 +172,42 @@ def create_app(settings: Settings | None = None, service: PredictionService | No
         except (RequestError, LabelConfigError) as exc:
             log.info("webhook %s for project %s: no model to notify (%s)", event, project, exc)
             return jsonify({"status": "ignored", "event": event, "reason": str(exc)}), 200
-        return jsonify(model.fit(event, data)), 200
+        body = model.fit(event, data)
+        return jsonify(body), 202 if body.get("status") == "kept" else 200
 
     def versions():
-        return jsonify({"versions": [service.engine_version], "model_dir": settings.data_dir, "v2": True})
+        project = parse_project(request.args.get("project"))
+        if project is None:
+            return jsonify({"versions": [service.engine_version], "model_dir": settings.data_dir, "v2": True})
+        return jsonify({"versions": [r["version"] for r in project_store(settings.data_dir, project).records()], "v2": True})
 
     def is_training():
         return jsonify({"is_training": False, "model_version": service.engine_version})
+
+    def project_jobs(project: int):
+        """A project's training jobs (RQ state, stage, progress, failure) and versions (metrics, served)."""
+        store = project_store(settings.data_dir, project)
+        try:
+            jobs, queue_error = service.training.jobs(project), None
+        except RedisError as exc:
+            jobs, queue_error = [], f"Redis unreachable ({exc}): job states unavailable, versions below are from disk"
+        events = EventLog(settings.data_dir, project)
+        return jsonify(
+            {
+                "project": project,
+                "served": store.served(),
+                "serving": service.engine(project)[0],
+                "versions": store.records(),
+                "jobs": jobs,
+                "queue_error": queue_error,
+                "events": events.count(),
+                "changes_since_last_run": events.since_last_run(),
+                "enqueue_pending": bool(events.state().get("enqueue_pending")),
+            }
+        )
+
+    def project_warnings(project: int):
+        return jsonify({"project": project, "warnings": service.label_checks.warnings(project)})
 
     def train():
         return jsonify({"status": "ignored", "detail": "use the project's 'Start training' button (START_TRAINING webhook)"}), 200
@@ -193,6 +228,15 @@ def create_app(settings: Settings | None = None, service: PredictionService | No
         app.view_functions[endpoint] = view
     if not any(r.rule == "/versions" and "GET" in r.methods for r in app.url_map.iter_rules()):
         app.add_url_rule("/versions", endpoint="get_version", methods=["GET"])
+    extra = (
+        ("/kpassist/projects/<int:project>/jobs", "kpassist_jobs"),
+        ("/kpassist/projects/<int:project>/warnings", "kpassist_warnings"),
+    )
+    for rule, endpoint in extra:
+        if endpoint not in app.view_functions:
+            app.add_url_rule(rule, endpoint=endpoint, methods=["GET"])
+    app.view_functions["kpassist_jobs"] = project_jobs
+    app.view_functions["kpassist_warnings"] = project_warnings
 
     @app.errorhandler(RequestError)
     @app.errorhandler(LabelConfigError)

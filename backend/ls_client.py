@@ -63,6 +63,10 @@ class LabelStudioClient:
         resp = self._request("GET", path, stream=True)
         return read_limited(resp, max_bytes, self.absolute(path))
 
+    def project(self, project_id: int) -> dict:
+        """The project object (title, label_config, ...)."""
+        return self._request("GET", f"api/projects/{int(project_id)}/").json()
+
     def annotated_tasks(self, project_id: int, page_size: int = 100) -> Iterator[dict]:
         """Tasks of a project that have at least one annotation, with their annotations."""
         query = {

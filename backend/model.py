@@ -6,6 +6,7 @@ import logging
 
 from label_studio_ml.model import LabelStudioMLBase
 
+from backend.events import TRAIN_EVENTS
 from backend.label_config import parse_keypoint_controls
 from backend.service import PredictionService
 
@@ -51,16 +52,29 @@ class KeypointModel(LabelStudioMLBase):
         return results
 
     def fit(self, event: str, data: dict, **kwargs: object) -> dict:
-        """Webhook events. Annotation changes drop the cached support (the next /predict re-reads it)."""
+        """Webhook events. Annotation changes drop the cached support (the next /predict re-reads it), are
+        recorded durably and may queue a fine-tuning job (backend.training_queue); created/updated annotations
+        get a left/right label check when a fine-tuned model is served (backend.label_check)."""
         project = self.project
         if project is None:
             project = _project_of(data)
-        if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING"):
-            if project is not None:
-                self.service.supports.invalidate(project)
-            log.info("project %s: %s received; support will be re-read on the next prediction", project, event)
-            return {"status": "ok", "event": event, "project": project}
-        return {"status": "ignored", "event": event}
+        if event not in TRAIN_EVENTS:
+            return {"status": "ignored", "event": event}
+        if project is None:
+            return {"status": "ignored", "event": event, "reason": "no project id in the event"}
+        self.service.supports.invalidate(project)
+        annotation = data.get("annotation") if isinstance(data.get("annotation"), dict) else {}
+        task = data.get("task") if isinstance(data.get("task"), dict) else {}
+        ann_id = annotation.get("id") if isinstance(annotation.get("id"), int) else None
+        task_id = task.get("id") if isinstance(task.get("id"), int) else None
+        if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") and annotation and task:
+            self.service.label_checks.submit(project, task, annotation, self.controls, self.connection)
+        if self.service.training is None:
+            return {"status": "recorded", "event": event, "project": project, "detail": "no training queue configured"}
+        ls_url = self.connection.client.url if self.connection.client is not None else ""
+        body = self.service.training.submit(project, event, ann_id, task_id, ls_url)
+        log.info("project %s: %s -> %s", project, event, body["status"])
+        return body
 
 
 def _task_project(tasks: list[dict]) -> int | None:

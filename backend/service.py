@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.convert import points_to_regions
+from backend.events import project_dir
 from backend.fetch import ImageFetcher
 from backend.label_config import KeypointControl
 from backend.ls_client import LabelStudioClient, LabelStudioError
@@ -19,6 +21,7 @@ from backend.settings import Settings
 from backend.support import SupportCache, SupportRef, select_support
 from kp_model.images import ImageLoadError
 from kp_model.predictor import PredictorConfig, SupportError, build_predictor
+from kp_model.store import ModelStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,17 @@ class Connection:
     fetcher: ImageFetcher
 
 
+def project_store(data_dir: str | Path, project: int) -> ModelStore:
+    """The project's fine-tuned versions (kp_model.store) under the backend's data directory."""
+    return ModelStore(project_dir(data_dir, project) / "model")
+
+
+def default_predictor_factory(settings: Settings) -> Callable[[], object]:
+    """Builds the engine served while a project has no promoted fine-tuned version (KPASSIST_ENGINE_CONFIG)."""
+    cfg = PredictorConfig.from_file(settings.engine_config) if settings.engine_config else PredictorConfig()
+    return lambda: build_predictor(cfg)
+
+
 class PredictionService:
     """Shared by every model instance of the process: support caches survive /setup calls."""
 
@@ -43,13 +57,56 @@ class PredictionService:
         self.predictor_cfg = predictor_cfg or (
             PredictorConfig.from_file(settings.engine_config) if settings.engine_config else PredictorConfig()
         )
-        self.supports = SupportCache(lambda: build_predictor(self.predictor_cfg))
+        self.supports = SupportCache()
         self._connections: dict[tuple[str, str], Connection] = {}
         self._lock = threading.Lock()
+        self._models: dict[str, object] = {}  # loaded fine-tuned checkpoints, shared by the supports using them
+        self.training = None  # TrainingQueue, set by the app (None: events are recorded nowhere, no training)
+        from backend.label_check import LabelChecker
+
+        self.label_checks = LabelChecker(self)
 
     @property
     def engine_version(self) -> str:
         return self.predictor_cfg.version
+
+    def engine(self, project: int | None) -> tuple[str, Callable[[], object]]:
+        """(version, predictor factory) served for ``project``: its promoted fine-tuned version if any (picked up
+        without restart), else the configured default engine."""
+        served = None
+        if project is not None:
+            store = project_store(self.settings.data_dir, project)
+            try:
+                served = store.served()
+            except StoreError as exc:
+                log.error("project %s: %s; serving the default engine", project, exc)
+        if served is None:
+            return self.engine_version, lambda: build_predictor(self.predictor_cfg)
+
+        def make() -> object:
+            from kp_model.kptllm_predictor import KptLLMPredictor
+
+            return KptLLMPredictor(self._load(store, served))
+
+        return f"kptllm-p{project}-{served}", make
+
+    def _load(self, store: ModelStore, version: str):
+        from kp_model.checkpoint import load_checkpoint
+
+        path = store.checkpoint_dir(version)
+        with self._lock:
+            model = self._models.get(str(path))
+            if model is None:
+                t0 = time.perf_counter()
+                model = self._models[str(path)] = load_checkpoint(path)
+                log.info("loaded fine-tuned version %s in %.2fs", path, time.perf_counter() - t0)
+            return model
+
+    def served_model(self, project: int):
+        """The project's served fine-tuned KptLLM model, or None while the default engine is served."""
+        store = project_store(self.settings.data_dir, project)
+        served = store.served()
+        return None if served is None else self._load(store, served)
 
     def connection(self, hostname: str = "", access_token: str = "") -> Connection:
         """Client + image fetcher for a Label Studio server (the /setup one, else the environment's)."""
@@ -86,12 +143,13 @@ class PredictionService:
             refs = self.find_supports(project, controls, conn)
         except LabelStudioError as exc:
             log.warning("project %s: cannot look up the support annotation: %s", project, exc)
-            return self.engine_version
-        return self._version(refs)
+            return self.engine(project)[0]
+        return self._version(refs, self.engine(project)[0])
 
-    def _version(self, refs: list[SupportRef | None]) -> str:
+    @staticmethod
+    def _version(refs: list[SupportRef | None], engine_version: str) -> str:
         keys = [ref.key.replace(":", "").replace("+", "") for ref in refs if ref is not None]
-        return self.engine_version + ("+support." + ".".join(keys) if keys else "")
+        return engine_version + ("+support." + ".".join(keys) if keys else "")
 
     def predict(
         self, tasks: list[dict], controls: list[KeypointControl], project: int | None, conn: Connection
@@ -105,6 +163,7 @@ class PredictionService:
             raise BatchTooLargeError(f"{len(tasks)} tasks in one request; at most {self.settings.max_batch} (KPASSIST_MAX_BATCH)")
         supports = []
         refs = self.find_supports(project, controls, conn)
+        engine_version, make_predictor = self.engine(project)
         for control, ref in zip(controls, refs, strict=True):
             if ref is None:
                 log.info(
@@ -114,7 +173,8 @@ class PredictionService:
                 )
                 continue
             try:
-                supports.append((control, self.supports.get(project or 0, control, ref, conn.fetcher.fetch)))
+                cached = self.supports.get(project or 0, control, ref, conn.fetcher.fetch, make_predictor, engine_version)
+                supports.append((control, cached))
             except (ImageLoadError, SupportError) as exc:
                 log.error("project %s: support annotation %s unusable: %s", project, ref.annotation_id, exc)
         t0 = time.perf_counter()
@@ -124,7 +184,7 @@ class PredictionService:
             with ThreadPoolExecutor(max_workers=self.settings.predict_threads, thread_name_prefix="predict") as pool:
                 results = list(pool.map(lambda task: self._predict_task(task, supports, conn), tasks))
         log.info("project %s: %d tasks predicted in %.2fs", project, len(tasks), time.perf_counter() - t0)
-        return results, self._version(refs)
+        return results, self._version(refs, engine_version)
 
     def _predict_task(self, task: dict, supports: list, conn: Connection) -> dict | list:
         regions, scores = [], []

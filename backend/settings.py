@@ -28,12 +28,19 @@ class Settings:
     max_batch: int = 1000  # KPASSIST_MAX_BATCH: most tasks accepted in one /predict
     predict_threads: int = 2  # KPASSIST_PREDICT_THREADS: tasks of one /predict handled in parallel (1.5x on 2 cores)
     redis_url: str = "redis://127.0.0.1:6379/0"  # REDIS_URL: the RQ queue's Redis
-    queue_name: str = "kpassist"  # KPASSIST_QUEUE: RQ queue the training worker listens on
+    queue_name: str = "kpassist"  # KPASSIST_QUEUE: RQ queue of the training worker; prefixes kpassist's Redis keys
+    train_threshold: int = 5  # KPASSIST_TRAIN_THRESHOLD: annotation events since the last run that queue a job
+    train_steps: int = 300  # KPASSIST_TRAIN_STEPS: optimiser steps of one fine-tuning run
+    train_config: str = ""  # KPASSIST_TRAIN_CONFIG: JSON file {"model": KptLLMConfig, "train": TrainConfig} for new models
+    job_timeout: int = 3600  # KPASSIST_JOB_TIMEOUT: seconds before RQ stops a training job
+    promote: str = "not_worse"  # KPASSIST_PROMOTE: "not_worse" (held-out PCK vs the served model) or "always"
+    lock_ttl: int = 30  # KPASSIST_LOCK_TTL: seconds a dead worker's project lock outlives it (renewed while alive)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
             raise SettingsError(f"score_threshold (KPASSIST_SCORE_THRESHOLD) must be in [0, 1], got {self.score_threshold}")
-        for name in ("max_image_pixels", "max_image_bytes", "max_batch", "predict_threads"):
+        positive = ("max_image_pixels", "max_image_bytes", "max_batch", "predict_threads")
+        for name in (*positive, "train_threshold", "train_steps", "job_timeout", "lock_ttl"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.engine_config and not Path(self.engine_config).is_file():
@@ -42,6 +49,8 @@ class Settings:
             raise SettingsError(f"local_root (KPASSIST_LOCAL_ROOT) {self.local_root!r} is not a directory")
         if bool(self.basic_auth_user) != bool(self.basic_auth_password):
             raise SettingsError("set both KPASSIST_BASIC_AUTH_USER and KPASSIST_BASIC_AUTH_PASSWORD, or neither")
+        if self.promote not in ("not_worse", "always"):
+            raise SettingsError(f"promote (KPASSIST_PROMOTE) must be 'not_worse' or 'always', got {self.promote!r}")
         if not self.queue_name:
             raise SettingsError("queue_name (KPASSIST_QUEUE) must not be empty")
 
@@ -74,6 +83,12 @@ class Settings:
             "predict_threads": "KPASSIST_PREDICT_THREADS",
             "redis_url": "REDIS_URL",
             "queue_name": "KPASSIST_QUEUE",
+            "train_threshold": "KPASSIST_TRAIN_THRESHOLD",
+            "train_steps": "KPASSIST_TRAIN_STEPS",
+            "train_config": "KPASSIST_TRAIN_CONFIG",
+            "job_timeout": "KPASSIST_JOB_TIMEOUT",
+            "lock_ttl": "KPASSIST_LOCK_TTL",
+            "promote": "KPASSIST_PROMOTE",
         }
         kwargs: dict[str, object] = {}
         types = {f.name: f.type for f in fields(cls)}

@@ -72,20 +72,29 @@ def select_support(tasks: Iterable[dict], control: KeypointControl) -> SupportRe
 class CachedSupport:
     ref: SupportRef
     predictor: KeypointPredictor
+    engine_version: str = ""
 
 
 class SupportCache:
-    """Per (project, control) support predictors; rebuilt only when the support annotation changes."""
+    """Per (project, control) support predictors; rebuilt only when the support annotation or the served
+    engine version changes."""
 
-    def __init__(self, make_predictor: Callable[[], KeypointPredictor]) -> None:
-        self._make = make_predictor
+    def __init__(self) -> None:
         self._items: dict[tuple[int, str], CachedSupport] = {}
         self._lock = threading.Lock()  # guards the dicts; building a support holds only its key's lock
         self._key_locks: dict[tuple[int, str], threading.Lock] = {}
         self.builds = 0  # how many times support features were computed (observability, tests)
 
-    def get(self, project: int, control: KeypointControl, ref: SupportRef, load_image: Callable[[str], object]) -> CachedSupport:
-        """Cached predictor for ``ref``, computing the support features if ``ref`` is new.
+    def get(
+        self,
+        project: int,
+        control: KeypointControl,
+        ref: SupportRef,
+        load_image: Callable[[str], object],
+        make_predictor: Callable[[], KeypointPredictor],
+        engine_version: str = "",
+    ) -> CachedSupport:
+        """Cached predictor for ``ref``, computing the support features if ``ref`` or ``engine_version`` is new.
 
         Raises:
             ImageLoadError / SupportError: the support image or its points are unusable.
@@ -95,13 +104,13 @@ class SupportCache:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:  # one build per key at a time; other projects are not blocked
             cached = self._items.get(key)
-            if cached is not None and cached.ref.key == ref.key:
+            if cached is not None and cached.ref.key == ref.key and cached.engine_version == engine_version:
                 return cached
             image = load_image(ref.image_ref)
             h, w = image.shape[:2]
-            predictor = self._make()
+            predictor = make_predictor()
             predictor.set_support(image, percent_to_pixels(ref.xy_percent, w, h), list(ref.names))
-            cached = CachedSupport(ref, predictor)
+            cached = CachedSupport(ref, predictor, engine_version)
             with self._lock:
                 self.builds += 1
                 self._items[key] = cached

@@ -31,14 +31,18 @@ class SupportError(ValueError):
 
 @dataclass(frozen=True)
 class PredictorConfig:
-    engine: str = "oneshot"  # "oneshot": weight-free descriptor matching (runs anywhere, no download)
+    engine: str = "oneshot"  # "oneshot": weight-free descriptor matching (runs anywhere); "kptllm": the learned model
+    checkpoint: str = ""  # kptllm only: checkpoint directory (kp_model.checkpoint.save_checkpoint)
+    device: str = "cpu"  # kptllm only: torch device ("cpu", "cuda", "cuda:1")
     oneshot: OneShotConfig = field(default_factory=OneShotConfig)  # settings of the oneshot engine
     mirror: bool = False  # also try the support flipped, left/right labels swapped (other scenes): helps people, flips zebras
     mirror_margin: float = 0.25  # the flipped support must beat the support's pose score by this much to be used
 
     def __post_init__(self) -> None:
-        if self.engine != "oneshot":
-            raise ValueError(f"engine must be 'oneshot', got {self.engine!r}")
+        if self.engine not in ("oneshot", "kptllm"):
+            raise ValueError(f"engine must be 'oneshot' or 'kptllm', got {self.engine!r}")
+        if self.engine == "kptllm" and not self.checkpoint:
+            raise ValueError("checkpoint must name a kptllm checkpoint directory when engine is 'kptllm'")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -48,6 +52,8 @@ class PredictorConfig:
         data = json.loads(text)
         return cls(
             engine=data.get("engine", "oneshot"),
+            checkpoint=str(data.get("checkpoint", "")),
+            device=str(data.get("device", "cpu")),
             oneshot=OneShotConfig.from_dict(data.get("oneshot", {})),
             mirror=bool(data.get("mirror", False)),
             mirror_margin=float(data.get("mirror_margin", 0.25)),
@@ -74,11 +80,38 @@ class KeypointPrediction:
     points: np.ndarray
     scores: np.ndarray
     seconds: float = 0.0
+    texts: list[str] | None = None  # semantic text per keypoint (kptllm engine)
 
     @property
     def score(self) -> float:
         """Image-level score: mean keypoint score."""
         return float(np.mean(self.scores)) if len(self.scores) else 0.0
+
+
+def validate_support(image: np.ndarray, keypoints: np.ndarray, names: list[str]) -> np.ndarray:
+    """Check a support and return its keypoints as (K, 2) float64 px.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        keypoints: (K, 2) pixels (x right, y down), finite and inside the image, K >= 1.
+        names: K distinct keypoint names.
+    Raises:
+        SupportError: on any of the above not holding.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise SupportError(f"support image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    kps = np.asarray(keypoints, np.float64)
+    if kps.ndim != 2 or kps.shape[1] != 2 or len(kps) == 0:
+        raise SupportError(f"support keypoints must be (K, 2) with K >= 1, got shape {kps.shape}")
+    if len(names) != len(kps) or len(set(names)) != len(names):
+        raise SupportError(f"need one distinct name per keypoint: {len(kps)} keypoints, names {names}")
+    h, w = image.shape[:2]
+    inside = np.isfinite(kps).all(axis=1) & (kps[:, 0] >= 0) & (kps[:, 0] <= w) & (kps[:, 1] >= 0) & (kps[:, 1] <= h)
+    if not inside.all():
+        bad = [names[i] for i in np.flatnonzero(~inside)]
+        raise SupportError(f"support keypoints {bad} are not finite points inside the {w}x{h} image")
+    return kps
 
 
 class KeypointPredictor:
@@ -107,19 +140,9 @@ class KeypointPredictor:
         Raises:
             SupportError: on any of the above not holding.
         """
+        kps = validate_support(image, keypoints, names)
         image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise SupportError(f"support image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-        kps = np.asarray(keypoints, np.float64)
-        if kps.ndim != 2 or kps.shape[1] != 2 or len(kps) == 0:
-            raise SupportError(f"support keypoints must be (K, 2) with K >= 1, got shape {kps.shape}")
-        if len(names) != len(kps) or len(set(names)) != len(names):
-            raise SupportError(f"need one distinct name per keypoint: {len(kps)} keypoints, names {names}")
         h, w = image.shape[:2]
-        inside = np.isfinite(kps).all(axis=1) & (kps[:, 0] >= 0) & (kps[:, 0] <= w) & (kps[:, 1] >= 0) & (kps[:, 1] <= h)
-        if not inside.all():
-            bad = [names[i] for i in np.flatnonzero(~inside)]
-            raise SupportError(f"support keypoints {bad} are not finite points inside the {w}x{h} image")
         t0 = time.perf_counter()
         self._template = self.matcher.build_template(image, kps)
         self._mirror = None
@@ -148,5 +171,13 @@ class KeypointPredictor:
         return out
 
 
-def build_predictor(cfg: PredictorConfig | None = None) -> KeypointPredictor:
-    return KeypointPredictor(cfg or PredictorConfig())
+def build_predictor(cfg: PredictorConfig | None = None):
+    """The predictor of ``cfg.engine``: KeypointPredictor (oneshot) or KptLLMPredictor (kptllm, loads the checkpoint).
+    Both have set_support(image, keypoints, names), predict(images), is_support_set and support_names."""
+    cfg = cfg or PredictorConfig()
+    if cfg.engine == "kptllm":
+        from kp_model.checkpoint import load_checkpoint
+        from kp_model.kptllm_predictor import KptLLMPredictor
+
+        return KptLLMPredictor(load_checkpoint(cfg.checkpoint, device=cfg.device))
+    return KeypointPredictor(cfg)

@@ -37,3 +37,33 @@ def blob_image(
     cv2.circle(img, tuple(int(v) for v in pts[0]), 6, (230, 40, 40), -1)
     cv2.circle(img, tuple(int(v) for v in pts[1]), 4, (40, 200, 40), -1)
     return img, pts
+
+
+def clear_queue(name: str, url: str = "redis://127.0.0.1:6379/0") -> None:
+    """Delete an RQ queue's jobs and kpassist's keys of that namespace (test isolation on the shared Redis)."""
+    from redis import Redis
+    from rq import Queue
+    from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+
+    r = Redis.from_url(url)
+    q = Queue(name, connection=r)
+    ids = set(q.get_job_ids())
+    for reg in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):
+        ids |= set(reg(name, connection=r).get_job_ids())
+    q.empty()
+    for job_id in ids:
+        r.delete(f"rq:job:{job_id}", f"rq:results:{job_id}")
+    for key in r.scan_iter(f"{name}:*"):
+        r.delete(key)
+    for key in r.scan_iter(f"rq:*:{name}"):
+        r.delete(key)
+
+
+@pytest.fixture()
+def queue_name():
+    """A fresh RQ queue name (and kpassist Redis key namespace) on the local Redis, removed after the test."""
+    import uuid
+
+    name = f"kpassist-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    clear_queue(name)

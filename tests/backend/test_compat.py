@@ -43,6 +43,7 @@ def images(tmp_path: Path) -> dict[str, str]:
 
 
 def make_client(tmp_path: Path, support: SupportRef | None = None, **settings_kw: str):
+    settings_kw.setdefault("queue_name", f"kpassist-test-{tmp_path.name}")
     settings = Settings(data_dir=str(tmp_path / "var"), local_root=str(tmp_path), **settings_kw)
     app = create_app(settings, LocalSupportService(settings, support))
     return app, app.test_client()
@@ -62,11 +63,12 @@ def test_fix2_is_training_and_train_answer(tmp_path: Path) -> None:
     assert client.post("/train", json={"annotations": [], "project": "1.1"}).status_code == 200
 
 
-def test_fix3_start_training_reaches_fit(tmp_path: Path) -> None:
-    _, client = make_client(tmp_path)
+def test_fix3_start_training_reaches_fit(tmp_path: Path, queue_name: str) -> None:
+    _, client = make_client(tmp_path, queue_name=queue_name)
     client.post("/setup", json={"project": "3.1700000000", "schema": CONFIG})
     resp = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
-    assert resp.status_code == 200 and resp.json == {"status": "ok", "event": "START_TRAINING", "project": 3}
+    assert resp.status_code == 200
+    assert resp.json["status"] == "queued" and resp.json["job_id"].startswith("train-3-")
 
 
 def test_fix4_predict_before_setup(tmp_path: Path) -> None:
@@ -93,7 +95,8 @@ def test_fix6_webhooks_answer_in_process(tmp_path: Path) -> None:
     client.post("/setup", json={"project": "6.1", "schema": CONFIG})
     for action in ("ANNOTATION_CREATED", "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED"):
         resp = client.post("/webhook", json={"action": action, "project": {"id": 6}, "annotation": {"id": 1}})
-        assert resp.status_code == 200 and resp.json["status"] == "ok"
+        assert resp.status_code == 200 and resp.json["status"] == "recorded"  # under the training threshold (5)
+    assert (tmp_path / "var" / "projects" / "6" / "events.jsonl").read_text().count("\n") == 4
     resp = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 77}})
     assert resp.status_code == 200 and resp.json["status"] == "ignored"
 

@@ -70,12 +70,18 @@ def test_cache_rebuilds_only_when_the_annotation_changes() -> None:
         loads.append(ref)
         return image
 
-    cache = SupportCache(lambda: build_predictor(PredictorConfig()))
+    cache = SupportCache()
+
+    def make():
+        return build_predictor(PredictorConfig())
+
     ref = SupportRef(5, "t1", 1, "img", ("a", "b", "c"), pct)
-    first = cache.get(1, CONTROL, ref, load)
-    assert cache.get(1, CONTROL, ref, load) is first and cache.builds == 1
+    first = cache.get(1, CONTROL, ref, load, make, "e1")
+    assert cache.get(1, CONTROL, ref, load, make, "e1") is first and cache.builds == 1
     changed = SupportRef(5, "t2", 1, "img", ("a", "b", "c"), pct)
-    assert cache.get(1, CONTROL, changed, load) is not first and cache.builds == 2
+    assert cache.get(1, CONTROL, changed, load, make, "e1") is not first and cache.builds == 2
     cache.invalidate(1)
-    cache.get(1, CONTROL, changed, load)
+    cache.get(1, CONTROL, changed, load, make, "e1")
     assert cache.builds == 3 and len(loads) == 3
+    cache.get(1, CONTROL, changed, load, make, "e2")  # a newly promoted model: the support is rebuilt with it
+    assert cache.builds == 4

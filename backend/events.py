@@ -1,0 +1,78 @@
+"""Durable record of a project's annotation events: an append-only, fsynced JSON-lines file per project, written
+before anything else is done with the event (the annotation itself is re-read from Label Studio at training)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from kp_model.store import write_json_atomic
+
+TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED", "START_TRAINING")
+
+
+def project_dir(data_dir: str | Path, project: int) -> Path:
+    return Path(data_dir) / "projects" / str(int(project))
+
+
+class EventLog:
+    """``<data_dir>/projects/<id>/events.jsonl`` + ``queue.json`` (how many events the last run started after,
+    and whether a job still has to be queued because Redis was down)."""
+
+    _lock = threading.Lock()  # appends from the web process's threads
+
+    def __init__(self, data_dir: str | Path, project: int) -> None:
+        self.dir = project_dir(data_dir, project)
+        self.path = self.dir / "events.jsonl"
+        self.state_path = self.dir / "queue.json"
+
+    def append(self, event: str, annotation_id: int | None = None, task_id: int | None = None) -> int:
+        """Record one event (fsynced); returns the number of events recorded so far."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"event": event, "annotation": annotation_id, "task": task_id, "time": time.time()}) + "\n"
+        with self._lock:
+            with open(self.path, "a") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            return self.count()
+
+    def count(self) -> int:
+        if not self.path.is_file():
+            return 0
+        with open(self.path, "rb") as f:
+            return sum(1 for _ in f)
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {"started_after": 0, "enqueue_pending": False}
+
+    def update_state(self, **changes: object) -> None:
+        with self._lock:
+            write_json_atomic(self.state_path, {**self.state(), **changes})
+
+    def since_last_run(self) -> int:
+        """Events recorded after the start of the last training run."""
+        return self.count() - int(self.state().get("started_after", 0))
+
+    def events(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def pending_projects(data_dir: str | Path) -> list[int]:
+    """Projects whose training job could not be queued yet (Redis was down)."""
+    root = Path(data_dir) / "projects"
+    if not root.is_dir():
+        return []
+    out = []
+    for d in root.iterdir():
+        if d.name.isdigit() and EventLog(data_dir, int(d.name)).state().get("enqueue_pending"):
+            out.append(int(d.name))
+    return sorted(out)

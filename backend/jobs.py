@@ -1,0 +1,184 @@
+"""RQ jobs (top-level functions taking ids and paths; settings from the worker's environment at run time).
+
+train_project: under the project's lock, re-read its human annotations from Label Studio (deleted ones are
+gone, cancelled ones skipped), fine-tune the kptllm engine (kp_model.finetune) and promote the new version if it is
+not worse on the held-out split. Progress (stage, step, loss, ETA) goes to the job's meta and the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from backend.convert import AnnotationFormatError, percent_to_pixels, regions_to_points
+from backend.events import EventLog
+from backend.label_config import KeypointControl, parse_keypoint_controls
+from backend.service import PredictionService, default_predictor_factory, project_store
+from backend.settings import Settings
+from backend.training_queue import lock_key, pending_key, redis_connection
+from kp_model.finetune import FinetuneSettings, run_finetune
+from kp_model.images import ImageLoadError
+from kp_model.kptllm import KptLLMConfig, tiny_config
+from kp_model.train import TrainConfig, TrainSample
+
+log = logging.getLogger(__name__)
+
+FAULT_STAGES = ("read", "train", "checkpoint", "record", "promote")
+
+
+class TrainingJobError(RuntimeError):
+    """The project cannot be trained (no Label Studio connection, no keypoint control, no annotation)."""
+
+
+def _fault(stage: str) -> None:
+    """Fault injection for tests: KPASSIST_FAULT_AT=<stage> kills this process with SIGKILL at that stage."""
+    if os.environ.get("KPASSIST_FAULT_AT") == stage:
+        log.warning("KPASSIST_FAULT_AT=%s: killing the job process now", stage)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _set_meta(**meta: object) -> None:
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is not None:
+        job.meta.update(meta)
+        job.save_meta()
+
+
+def annotations_to_samples(tasks: list[dict], control: KeypointControl, fetch) -> list[TrainSample]:
+    """Human annotations of ``control`` as TrainSamples, oldest first; key "<task id>/<annotation id>".
+
+    Keypoints are in the order of ``control.labels``; unlabelled ones are invisible. Cancelled annotations,
+    annotations without a keypoint of the control, and tasks whose image cannot be read are skipped (logged)."""
+    names = list(control.labels)
+    found = []
+    for task in tasks:
+        ref = (task.get("data") or {}).get(control.image_field)
+        anns = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+        if not isinstance(ref, str) or not anns:
+            continue
+        try:
+            image = fetch(ref)
+        except ImageLoadError as exc:
+            log.warning("task %s: not trained on, %s", task.get("id"), exc)
+            continue
+        h, w = image.shape[:2]
+        for ann in anns:
+            try:
+                points = regions_to_points(ann.get("result") or [], control)
+            except AnnotationFormatError as exc:
+                log.warning("annotation %s: not trained on, %s", ann.get("id"), exc)
+                continue
+            if len(points) == 0:
+                continue
+            kps = np.zeros((len(names), 2))
+            vis = np.zeros(len(names), bool)
+            px = percent_to_pixels(np.asarray(points.xy_percent), w, h)
+            for name, p in zip(points.names, px, strict=True):
+                kps[names.index(name)] = p
+                vis[names.index(name)] = True
+            stamp = str(ann.get("updated_at") or ann.get("created_at") or "")
+            found.append((stamp, TrainSample(image, kps, vis, names, "object", f"{task.get('id')}/{ann.get('id')}")))
+    return [s for _, s in sorted(found, key=lambda item: item[0])]
+
+
+def _model_config(settings: Settings) -> tuple[KptLLMConfig, TrainConfig]:
+    import json
+    from pathlib import Path
+
+    train_cfg = TrainConfig(steps=settings.train_steps, log_every=max(1, settings.train_steps // 10))
+    if not settings.train_config:
+        return tiny_config(), train_cfg
+    data = json.loads(Path(settings.train_config).read_text())
+    if "train" in data:
+        train_cfg = TrainConfig.from_dict({"steps": settings.train_steps, **data["train"]})
+    return KptLLMConfig.from_dict(data.get("model", {})), train_cfg
+
+
+class _LockKeeper:
+    """Holds the project's Redis lock, renewing its TTL while the job lives (a killed worker's lock expires)."""
+
+    def __init__(self, redis, name: str, ttl: int, wait_s: int) -> None:
+        self.lock = redis.lock(name, timeout=ttl, blocking_timeout=wait_s, thread_local=False)
+        self.ttl = ttl
+        self._stop = threading.Event()
+
+    def __enter__(self) -> _LockKeeper:
+        if not self.lock.acquire():
+            raise TrainingJobError(f"another training job of this project held {self.lock.name} for too long")
+        threading.Thread(target=self._renew, daemon=True).start()
+        return self
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            self.lock.extend(self.ttl, replace_ttl=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.lock.release()
+
+
+def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
+    """Fine-tune the project's model from its Label Studio annotations; returns the version record."""
+    settings = Settings.from_env()
+    redis = redis_connection(settings.redis_url)
+    _set_meta(stage="waiting for the project lock")
+    with _LockKeeper(redis, lock_key(settings.queue_name, project), settings.lock_ttl, settings.job_timeout):
+        redis.delete(pending_key(settings.queue_name, project))  # events from now on queue a new job
+        events = EventLog(data_dir, project)
+        events.update_state(started_after=events.count())
+        _set_meta(stage="reading annotations")
+        service = PredictionService(replace(settings, data_dir=data_dir))
+        conn = service.connection(ls_url)
+        if conn.client is None:
+            raise TrainingJobError("no Label Studio URL for the worker: set LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY)")
+        controls = parse_keypoint_controls(conn.client.project(project).get("label_config") or "")
+        tasks = list(conn.client.annotated_tasks(project))
+        samples = annotations_to_samples(tasks, controls[0], conn.fetcher.fetch)
+        if not samples:
+            raise TrainingJobError(f"project {project} has no annotation with keypoints of {controls[0].from_name}")
+        _fault("read")
+        model_cfg, train_cfg = _model_config(settings)
+        t0 = time.time()
+
+        def progress(report: dict) -> None:
+            _set_meta(stage="training", progress={k: report[k] for k in ("step", "steps", "loss", "eta_s")})
+            log.info(
+                "project %s: step %d/%d loss %.4f, about %.0fs left",
+                project,
+                report["step"],
+                report["steps"],
+                report["loss"],
+                report["eta_s"],
+            )
+            if report["step"] >= 1:
+                _fault("train")
+
+        def stage(name: str) -> None:
+            _set_meta(stage=name)
+            _fault(name)
+
+        from rq import get_current_job
+
+        job = get_current_job()
+        record = run_finetune(
+            samples,
+            project_store(data_dir, project),
+            FinetuneSettings(model_cfg, train_cfg, salt=str(project), promote=settings.promote),
+            default_predictor_factory(settings),
+            progress=progress,
+            stage=stage,
+            info={"project": project, "job_id": job.id if job else None, "queued_events_seen": events.count()},
+        )
+        _set_meta(stage="done", version=record["version"], decision=record["decision"])
+        log.info(
+            "project %s: training job done in %.0fs: %s %s", project, time.time() - t0, record["version"], record["decision"]
+        )
+        return {k: record[k] for k in ("version", "decision", "reason", "metrics")}

@@ -1,0 +1,76 @@
+"""Left/right label check of submitted annotations, with the served fine-tuned model's understanding task: a
+pair whose two points both read as the other side is reported as a warning (logged, and listed at
+GET /kpassist/projects/<id>/warnings). Runs on one background thread so the webhook returns at once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from backend.convert import AnnotationFormatError, percent_to_pixels, regions_to_points
+from backend.label_config import KeypointControl
+from kp_model.images import ImageLoadError
+
+log = logging.getLogger(__name__)
+
+
+class LabelChecker:
+    def __init__(self, service, keep: int = 100) -> None:
+        self.service = service
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label-check")
+        self._warnings: dict[int, deque] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, project: int, task: dict, annotation: dict, controls: list[KeypointControl], conn) -> Future | None:
+        """Check in the background when the project serves a fine-tuned model (the default engine cannot describe)."""
+        version, _ = self.service.engine(project)
+        if not version.startswith("kptllm"):
+            return None
+        return self._pool.submit(self._check, project, task, annotation, controls, conn)
+
+    def _check(self, project: int, task: dict, annotation: dict, controls: list[KeypointControl], conn) -> list[dict]:
+        found = []
+        try:
+            model = self.service.served_model(project)
+            if model is None:
+                return []
+            from kp_model.kptllm_predictor import KptLLMPredictor
+
+            predictor = KptLLMPredictor(model)
+            for control in controls:
+                points = regions_to_points(annotation.get("result") or [], control)
+                ref = (task.get("data") or {}).get(control.image_field)
+                if len(points) < 2 or not isinstance(ref, str):
+                    continue
+                image = conn.fetcher.fetch(ref)
+                h, w = image.shape[:2]
+                px = percent_to_pixels(np.asarray(points.xy_percent), w, h)
+                for warning in predictor.check_labels(image, px, list(points.names)):
+                    entry = {
+                        "project": project,
+                        "task": task.get("id"),
+                        "annotation": annotation.get("id"),
+                        "labels": list(warning.names),
+                        "read_as": list(warning.read_as),
+                        "message": warning.message,
+                        "time": time.time(),
+                    }
+                    log.warning(
+                        "project %s task %s annotation %s: %s", project, task.get("id"), annotation.get("id"), warning.message
+                    )
+                    found.append(entry)
+        except (AnnotationFormatError, ImageLoadError) as exc:
+            log.warning("project %s: label check of annotation %s skipped: %s", project, annotation.get("id"), exc)
+            return []
+        with self._lock:
+            self._warnings.setdefault(project, deque(maxlen=100)).extend(found)
+        return found
+
+    def warnings(self, project: int) -> list[dict]:
+        with self._lock:
+            return list(self._warnings.get(project, ()))

@@ -1,0 +1,155 @@
+"""One fine-tuning run of a project's model: fixed held-out split, warm start from the served version, train,
+save a new version atomically, evaluate it against the served model on the held-out samples (PCK@0.2) and
+promote it only if it is not worse. Used by the RQ job (backend.jobs) and by the retraining benchmark."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from kp_model.checkpoint import load_checkpoint, save_checkpoint
+from kp_model.kptllm import KptLLMConfig, build_model
+from kp_model.kptllm_predictor import KptLLMPredictor
+from kp_model.metrics import pck
+from kp_model.semantics import semantic_text
+from kp_model.store import ModelStore
+from kp_model.train import TrainConfig, TrainingError, TrainSample, train
+
+log = logging.getLogger(__name__)
+
+HELDOUT_FRACTION = 0.2
+
+
+def heldout_groups(groups: list[str], salt: str = "", fraction: float = HELDOUT_FRACTION, minimum_total: int = 3) -> set[str]:
+    """The fixed held-out split: a group is held out when its hash falls below ``fraction``; with
+    ``minimum_total`` groups or more and none below it, the group with the smallest hash. The hash of a group never
+    changes, so a sample trained on never becomes held-out later (until groups are deleted)."""
+    uniq = sorted(set(groups))
+
+    def h(g: str) -> float:
+        return int(hashlib.sha1(f"{salt}:{g}".encode()).hexdigest()[:8], 16) / 16**8
+
+    out = {g for g in uniq if h(g) < fraction}
+    if not out and len(uniq) >= minimum_total:
+        out = {min(uniq, key=h)}
+    return out
+
+
+def keypoint_bbox(points: np.ndarray, visible: np.ndarray, margin: float = 0.1) -> tuple[float, float, float, float]:
+    """(x, y, w, h) of the visible points grown by ``margin`` of their extent on each side (as the COCO data's
+    'keypoints+10%' boxes), for PCK normalisation."""
+    p = points[visible]
+    x0, y0 = p.min(axis=0)
+    x1, y1 = p.max(axis=0)
+    w, h = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+    return (float(x0 - margin * w), float(y0 - margin * h), float(w * (1 + 2 * margin)), float(h * (1 + 2 * margin)))
+
+
+def heldout_pck(predictor, support: TrainSample, queries: list[TrainSample], alpha: float = 0.2) -> float:
+    """Mean PCK@alpha of ``predictor`` (set_support / predict) over ``queries`` with ``support`` as the prompt."""
+    vis = support.visible
+    predictor.set_support(support.image, support.keypoints[vis], [n for n, v in zip(support.names, vis, strict=True) if v])
+    scores = []
+    for q in queries:
+        [pred] = predictor.predict([q.image])
+        gt = q.keypoints[vis]
+        counted = q.visible[vis]
+        if counted.any():
+            scores.append(pck(pred.points, gt, counted, keypoint_bbox(q.keypoints, q.visible), alpha))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+@dataclass
+class FinetuneSettings:
+    model: KptLLMConfig  # configuration of a new model (no version served yet)
+    train: TrainConfig  # optimiser steps etc.
+    salt: str = ""  # held-out split salt (the project id)
+    promote: str = "not_worse"  # "not_worse": promote when held-out PCK >= the served model's; "always": newest wins
+
+    def __post_init__(self) -> None:
+        if self.promote not in ("not_worse", "always"):
+            raise ValueError(f"promote must be 'not_worse' or 'always', got {self.promote!r}")
+
+
+def run_finetune(
+    samples: list[TrainSample],
+    store: ModelStore,
+    settings: FinetuneSettings,
+    default_predictor: Callable[[], object],
+    progress: Callable[[dict], None] | None = None,
+    stage: Callable[[str], None] = lambda name: None,
+    info: dict | None = None,
+) -> dict:
+    """Train, save, evaluate and maybe promote; returns the version record (also written to the store).
+
+    samples: chronological (the last is the most recent and becomes the evaluation support); ``key`` identifies
+    the annotation and ``group`` (before the "/" of key) the image it belongs to, the unit of the held-out split.
+    default_predictor: builds the engine served while no version is promoted (the weight-free one).
+    stage(name): called at "train", "checkpoint" (files written, not yet renamed), "record", "promote".
+    """
+    t_start = time.time()
+    store.clean_partial()
+    groups = [s.key.split("/")[0] for s in samples]
+    held = heldout_groups(groups, settings.salt)
+    train_set = [s for s, g in zip(samples, groups, strict=True) if g not in held]
+    held_set = [s for s, g in zip(samples, groups, strict=True) if g in held]
+    if not train_set:
+        raise TrainingError(f"all {len(samples)} annotations are held out: annotate more images")
+    served = store.served()
+    if served is not None:
+        model = load_checkpoint(store.checkpoint_dir(served))
+        base = served
+    else:
+        texts = sorted({semantic_text(n, settings.model.category) for s in samples for n in s.names})
+        model = build_model(settings.model, vocab_texts=texts)
+        base = None
+    log.info("fine-tuning on %d annotations (%d held out), from %s", len(train_set), len(held_set), base or "a new model")
+    stage("train")
+    result = train(model, train_set, settings.train, progress=progress)
+    version = store.next_version()
+    meta = {"version": version, "trained_on": [s.key for s in train_set], "base": base}
+    save_checkpoint(model, store.checkpoint_dir(version), meta, before_rename=lambda tmp: stage("checkpoint"))
+    stage("record")
+    support = train_set[-1]
+    candidate = heldout_pck(KptLLMPredictor(model), support, held_set) if held_set else float("nan")
+    if held_set:
+        current = KptLLMPredictor(load_checkpoint(store.checkpoint_dir(served))) if served else default_predictor()
+        served_pck = heldout_pck(current, support, held_set)
+        promote = candidate >= served_pck or settings.promote == "always"
+        reason = f"held-out PCK@0.2 {candidate:.3f} vs served {served_pck:.3f} ({served or 'default engine'})"
+    else:
+        served_pck = float("nan")
+        promote = settings.promote == "always"
+        reason = "no held-out annotation yet (needs 3 or more annotated images)"
+    if settings.promote == "always":
+        reason += "; promote policy 'always'"
+    record = {
+        **(info or {}),
+        "decision": "promote" if promote else "reject",
+        "reason": reason,
+        "metrics": {
+            "pck@0.2": candidate,
+            "served_pck@0.2": served_pck,
+            "served_version": served,
+            "final_loss": result.final.get("loss"),
+        },
+        "annotation_ids": [s.key for s in train_set],
+        "heldout_annotation_ids": [s.key for s in held_set],
+        "base_version": base,
+        "config": {"model": model.cfg.to_dict(), "train": settings.train.to_dict()},
+        "train_seconds": result.seconds,
+        "started_at": t_start,
+        "finished_at": time.time(),
+        "duration_s": time.time() - t_start,
+    }
+    store.write_record(version, record)
+    stage("promote")
+    if promote:
+        store.promote(version)
+    log.info("version %s: %s (%s)", version, record["decision"], reason)
+    return {**record, "version": version}
