@@ -125,8 +125,16 @@ class _LockKeeper:
         self.lock.release()
 
 
+def _job_logging() -> None:
+    """rq configures only its own logger: give kpassist's loggers (progress lines) a handler in the job process."""
+    if not logging.getLogger().handlers:
+        level = os.environ.get("KPASSIST_LOG_LEVEL", "INFO").upper()
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
     """Fine-tune the project's model from its Label Studio annotations; returns the version record."""
+    _job_logging()
     settings = Settings.from_env()
     redis = redis_connection(settings.redis_url)
     _set_meta(stage="waiting for the project lock")
