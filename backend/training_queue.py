@@ -157,3 +157,18 @@ class TrainingQueue:
                 }
             )
         return sorted(out, key=lambda j: str(j["enqueued_at"]))
+
+
+def clear_namespace(url: str, name: str) -> None:
+    """Delete an RQ queue's jobs and kpassist's keys of that namespace (tests and benchmarks on a shared Redis)."""
+    r = Redis.from_url(url)
+    q = Queue(name, connection=r)
+    ids = set(q.get_job_ids())
+    for reg in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):
+        ids |= set(reg(name, connection=r).get_job_ids())
+    q.empty()
+    for job_id in ids:
+        r.delete(f"rq:job:{job_id}", f"rq:results:{job_id}")
+    for pattern in (f"{name}:*", f"rq:*:{name}"):
+        for key in r.scan_iter(pattern):
+            r.delete(key)

@@ -17,10 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class CachedSupportEngine:
-    """Evaluation engine around a KeypointPredictor: the support is set once per distinct support."""
+    """Evaluation engine around a predictor (built from ``cfg``, or given): the support is set once per distinct
+    support."""
 
-    def __init__(self, cfg: PredictorConfig) -> None:
-        self.predictor = build_predictor(cfg)
+    def __init__(self, cfg: PredictorConfig | None = None, predictor: object | None = None) -> None:
+        self.predictor = predictor if predictor is not None else build_predictor(cfg)
         self._key: bytes | None = None
 
     def __call__(self, support: np.ndarray, keypoints: np.ndarray, names: list[str], query: np.ndarray) -> np.ndarray:
@@ -42,13 +43,21 @@ def machine_info() -> dict:
 
 
 def run_oneshot_bench(
-    data: Path, folders: list[str] | None = None, max_queries: int | None = None, config: str | None = None
+    data: Path,
+    folders: list[str] | None = None,
+    max_queries: int | None = None,
+    config: str | None = None,
+    protocol: str = "first",
+    max_supports: int = 5,
+    kptllm_checkpoint: str | None = None,
 ) -> dict:
-    """PCK@0.05/0.1/0.2 and mean error per folder for the default engine and the copy baseline.
+    """PCK@0.05/0.1/0.2 and mean error per folder for the default engine, the kptllm engine (when a checkpoint
+    is given) and the copy baseline.
 
     ``data`` is either one COCO keypoint folder or a folder of them.
     """
     cfg = PredictorConfig.from_file(config) if config else PredictorConfig()
+    kptllm_cfg = PredictorConfig(engine="kptllm", checkpoint=kptllm_checkpoint) if kptllm_checkpoint else None
     if (data / "annotations.json").is_file():
         paths = [data]
     else:
@@ -61,7 +70,9 @@ def run_oneshot_bench(
     t0 = time.perf_counter()
     for path in paths:
         engines = {"oneshot": CachedSupportEngine(cfg), "copy": copy_engine}
-        results = evaluate_folder(path, engines, max_queries)
+        if kptllm_cfg is not None:
+            engines["kptllm"] = CachedSupportEngine(kptllm_cfg)
+        results = evaluate_folder(path, engines, max_queries, protocol, max_supports)
         per_folder[path.name] = {name: summarise(pairs) for name, pairs in results.items()}
         log.info(
             "%s: oneshot PCK@0.2 %.3f, copy %.3f",
@@ -82,11 +93,16 @@ def run_oneshot_bench(
                 metric: float(np.nanmean([per_folder[n][engine][metric] for n in names]))
                 for metric in ("pck@0.05", "pck@0.1", "pck@0.2", "mean_error")
             }
-            for engine in ("oneshot", "copy")
+            for engine in per_folder[names[0]]
         }
     return {
-        "protocol": "first image of each category as support, every other image as query (whole image); "
-        "PCK normalised by the longer bbox side of the best-matching ground-truth instance",
+        "protocol": (
+            "first image of each category as support, every other image as query"
+            if protocol == "first"
+            else f"each image in turn as support for the others of its category ({max_supports} evenly spread supports "
+            f"and at most {max_queries} queries each in larger categories)"
+        )
+        + "; whole images; PCK normalised by the longer bbox side of the best-matching ground-truth instance",
         "engine_version": cfg.version,
         "engine_config": cfg.to_json(),
         "machine": machine_info(),
@@ -97,18 +113,15 @@ def run_oneshot_bench(
 
 
 def markdown_table(report: dict) -> str:
-    """The report's per-folder PCK@0.2 and mean error as a markdown table, summary rows first."""
-    rows = [
-        "| set | kpassist PCK@0.2 | copy PCK@0.2 | kpassist PCK@0.1 | copy PCK@0.1 | kpassist mean err | copy mean err |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """The report's per-folder PCK@0.2, PCK@0.1 and mean error of every engine as a markdown table, summary rows first."""
+    engines = list(next(iter(report["folders"].values())))
+    label = {"oneshot": "kpassist", "kptllm": "kptllm", "copy": "copy"}
+    cols = [(m, e) for m in ("pck@0.2", "pck@0.1", "mean_error") for e in engines]
+    head = " | ".join(f"{label.get(e, e)} {m.upper() if m != 'mean_error' else 'mean err'}" for m, e in cols)
+    rows = [f"| set | {head} |", "|---" * (len(cols) + 1) + "|"]
 
     def row(name: str, res: dict) -> str:
-        o, c = res["oneshot"], res["copy"]
-        return (
-            f"| {name} | {o['pck@0.2']:.3f} | {c['pck@0.2']:.3f} | {o['pck@0.1']:.3f} | {c['pck@0.1']:.3f} "
-            f"| {o['mean_error']:.3f} | {c['mean_error']:.3f} |"
-        )
+        return f"| {name} | " + " | ".join(f"{res[e][m]:.3f}" for m, e in cols) + " |"
 
     for name, res in report["summary"].items():
         rows.append(row(f"**{name}**", res))

@@ -64,21 +64,6 @@ def evaluate_engines(folder: Path, support_index: int, query_indices: list[int],
     return out
 
 
-class KptLLMEngine:
-    """Evaluation engine around a KptLLMPredictor (support set once per distinct support)."""
-
-    def __init__(self, predictor: KptLLMPredictor) -> None:
-        self.predictor = predictor
-        self._key: bytes | None = None
-
-    def __call__(self, support: np.ndarray, keypoints: np.ndarray, names: list[str], query: np.ndarray) -> np.ndarray:
-        key = keypoints.tobytes()
-        if key != self._key:
-            self.predictor.set_support(support, keypoints, names)
-            self._key = key
-        return self.predictor.predict([query])[0].points
-
-
 def run_finetune_bench(folder: Path, n_train: int = 20, steps: int = 1500, seed: int = 0, save_to: Path | None = None) -> dict:
     """Train the tiny preset on ``n_train`` spread frames of ``folder`` and score the rest (see module doc)."""
     coco = load_coco_keypoints(folder)
@@ -96,7 +81,7 @@ def run_finetune_bench(folder: Path, n_train: int = 20, steps: int = 1500, seed:
         save_checkpoint(model, save_to, {"trained_on": [str(coco[i].image_path.name) for i in train_idx], "steps": steps})
     t0 = time.perf_counter()
     engines = {
-        "kptllm": KptLLMEngine(KptLLMPredictor(model)),
+        "kptllm": CachedSupportEngine(predictor=KptLLMPredictor(model)),
         "oneshot": CachedSupportEngine(PredictorConfig()),
         "copy": copy_engine,
     }

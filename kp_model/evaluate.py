@@ -48,15 +48,39 @@ def support_instance(sample: Sample) -> Instance:
     return max(sample.instances, key=lambda i: (int(i.visible.sum()), i.bbox[2] * i.bbox[3]))
 
 
-def one_shot_pairs(samples: list[Sample], max_queries: int | None = None) -> Iterator[tuple[Sample, Sample]]:
-    """(support, query) pairs of the "first" protocol, per category."""
+PROTOCOLS = ("first", "all-pairs")
+
+
+def _spread(items: list, n: int | None) -> list:
+    """At most n items evenly spread over ``items`` (all when n is None or larger)."""
+    if n is None or len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(1, n - 1))] for i in range(n)] if n > 1 else items[:1]
+
+
+def one_shot_pairs(
+    samples: list[Sample], max_queries: int | None = None, protocol: str = "first", max_supports: int = 5
+) -> Iterator[tuple[Sample, Sample]]:
+    """(support, query) pairs per category.
+
+    "first": the first image is the support of every other (at most ``max_queries``, the first ones).
+    "all-pairs": each image in turn is the support of every other; categories with more than ``max_supports``
+    images use that many evenly spread supports, each with at most ``max_queries`` evenly spread queries.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     by_cat: dict[str, list[Sample]] = {}
     for s in samples:
         by_cat.setdefault(s.category, []).append(s)
     for group in by_cat.values():
-        queries = group[1:] if max_queries is None else group[1 : 1 + max_queries]
-        for q in queries:
-            yield group[0], q
+        if protocol == "first":
+            queries = group[1:] if max_queries is None else group[1 : 1 + max_queries]
+            for q in queries:
+                yield group[0], q
+            continue
+        for sup in _spread(group, max_supports):
+            for q in _spread([g for g in group if g is not sup], max_queries):
+                yield sup, q
 
 
 def best_instance(pred: np.ndarray, mask: np.ndarray, query: Sample) -> tuple[Instance, np.ndarray] | None:
@@ -80,7 +104,9 @@ def best_instance_errors(pred: np.ndarray, mask: np.ndarray, query: Sample) -> n
     return np.zeros(0) if found is None else found[1]
 
 
-def evaluate_folder(folder: Path, engines: dict[str, Engine], max_queries: int | None = None) -> dict[str, list[PairResult]]:
+def evaluate_folder(
+    folder: Path, engines: dict[str, Engine], max_queries: int | None = None, protocol: str = "first", max_supports: int = 5
+) -> dict[str, list[PairResult]]:
     samples = load_coco_keypoints(folder)
     results: dict[str, list[PairResult]] = {name: [] for name in engines}
     cache: dict[Path, np.ndarray] = {}
@@ -92,7 +118,7 @@ def evaluate_folder(folder: Path, engines: dict[str, Engine], max_queries: int |
             cache[path] = load_image_rgb(path)
         return cache[path]
 
-    for sup, qry in one_shot_pairs(samples, max_queries):
+    for sup, qry in one_shot_pairs(samples, max_queries, protocol, max_supports):
         inst = support_instance(sup)
         mask = inst.visible
         s_img, q_img = image(sup.image_path), image(qry.image_path)

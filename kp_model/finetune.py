@@ -1,4 +1,4 @@
-"""One fine-tuning run of a project's model: fixed held-out split, warm start from the served version, train,
+"""One fine-tuning run of a project's model: fixed held-out split, warm start from the newest version, train,
 save a new version atomically, evaluate it against the served model on the held-out samples (PCK@0.2) and
 promote it only if it is not worse. Used by the RQ job (backend.jobs) and by the retraining benchmark."""
 
@@ -15,7 +15,7 @@ import numpy as np
 from kp_model.checkpoint import load_checkpoint, save_checkpoint
 from kp_model.kptllm import KptLLMConfig, build_model
 from kp_model.kptllm_predictor import KptLLMPredictor
-from kp_model.metrics import pck
+from kp_model.metrics import normalised_errors, pck
 from kp_model.semantics import semantic_text
 from kp_model.store import ModelStore
 from kp_model.train import TrainConfig, TrainingError, TrainSample, train
@@ -25,18 +25,23 @@ log = logging.getLogger(__name__)
 HELDOUT_FRACTION = 0.2
 
 
-def heldout_groups(groups: list[str], salt: str = "", fraction: float = HELDOUT_FRACTION, minimum_total: int = 3) -> set[str]:
-    """The fixed held-out split: a group is held out when its hash falls below ``fraction``; with
-    ``minimum_total`` groups or more and none below it, the group with the smallest hash. The hash of a group never
-    changes, so a sample trained on never becomes held-out later (until groups are deleted)."""
-    uniq = sorted(set(groups))
+def assign_split(groups: list[str], split: dict[str, str], salt: str = "", fraction: float = HELDOUT_FRACTION) -> dict[str, str]:
+    """The fixed held-out split: ``split`` (group -> "train" | "heldout", as persisted) extended with the new
+    groups, in the order given. A group keeps its side forever, so a held-out image is never trained on.
+
+    A new group is held out when its hash falls below ``fraction`` or when no group is held out yet, but only
+    once two groups train (the first images always train)."""
+    out = dict(split)
 
     def h(g: str) -> float:
         return int(hashlib.sha1(f"{salt}:{g}".encode()).hexdigest()[:8], 16) / 16**8
 
-    out = {g for g in uniq if h(g) < fraction}
-    if not out and len(uniq) >= minimum_total:
-        out = {min(uniq, key=h)}
+    for g in groups:
+        if g in out:
+            continue
+        n_train = sum(v == "train" for v in out.values())
+        has_heldout = any(v == "heldout" for v in out.values())
+        out[g] = "heldout" if n_train >= 2 and (h(g) < fraction or not has_heldout) else "train"
     return out
 
 
@@ -50,18 +55,30 @@ def keypoint_bbox(points: np.ndarray, visible: np.ndarray, margin: float = 0.1) 
     return (float(x0 - margin * w), float(y0 - margin * h), float(w * (1 + 2 * margin)), float(h * (1 + 2 * margin)))
 
 
-def heldout_pck(predictor, support: TrainSample, queries: list[TrainSample], alpha: float = 0.2) -> float:
-    """Mean PCK@alpha of ``predictor`` (set_support / predict) over ``queries`` with ``support`` as the prompt."""
+def heldout_scores(predictor, support: TrainSample, queries: list[TrainSample], alpha: float = 0.2) -> dict[str, float]:
+    """Mean PCK@alpha and mean normalised error of ``predictor`` (set_support / predict) over ``queries`` with
+    ``support`` as the prompt."""
     vis = support.visible
     predictor.set_support(support.image, support.keypoints[vis], [n for n, v in zip(support.names, vis, strict=True) if v])
-    scores = []
+    scores, errors = [], []
     for q in queries:
         [pred] = predictor.predict([q.image])
         gt = q.keypoints[vis]
         counted = q.visible[vis]
         if counted.any():
-            scores.append(pck(pred.points, gt, counted, keypoint_bbox(q.keypoints, q.visible), alpha))
-    return float(np.mean(scores)) if scores else float("nan")
+            box = keypoint_bbox(q.keypoints, q.visible)
+            scores.append(pck(pred.points, gt, counted, box, alpha))
+            errors.append(float(np.mean(normalised_errors(pred.points, gt, box)[counted])))
+    nan = float("nan")
+    return {"pck": float(np.mean(scores)) if scores else nan, "error": float(np.mean(errors)) if errors else nan}
+
+
+def not_worse(candidate: dict[str, float], served: dict[str, float]) -> bool:
+    """Held-out PCK@0.2 at least the served model's; on a tie (small held-out sets tie often) the mean normalised
+    error decides."""
+    if candidate["pck"] != served["pck"]:
+        return candidate["pck"] > served["pck"]
+    return candidate["error"] <= served["error"]
 
 
 @dataclass
@@ -95,19 +112,20 @@ def run_finetune(
     t_start = time.time()
     store.clean_partial()
     groups = [s.key.split("/")[0] for s in samples]
-    held = heldout_groups(groups, settings.salt)
+    split = assign_split(list(dict.fromkeys(groups)), store.split(), settings.salt)
+    store.write_split(split)
+    held = {g for g, side in split.items() if side == "heldout"}
     train_set = [s for s, g in zip(samples, groups, strict=True) if g not in held]
     held_set = [s for s, g in zip(samples, groups, strict=True) if g in held]
     if not train_set:
         raise TrainingError(f"all {len(samples)} annotations are held out: annotate more images")
     served = store.served()
-    if served is not None:
-        model = load_checkpoint(store.checkpoint_dir(served))
-        base = served
+    base = store.latest()  # warm start from the newest run, promoted or not: runs only ever saw "train" images
+    if base is not None:
+        model = load_checkpoint(store.checkpoint_dir(base))
     else:
         texts = sorted({semantic_text(n, settings.model.category) for s in samples for n in s.names})
         model = build_model(settings.model, vocab_texts=texts)
-        base = None
     log.info("fine-tuning on %d annotations (%d held out), from %s", len(train_set), len(held_set), base or "a new model")
     stage("train")
     result = train(model, train_set, settings.train, progress=progress)
@@ -116,14 +134,18 @@ def run_finetune(
     save_checkpoint(model, store.checkpoint_dir(version), meta, before_rename=lambda tmp: stage("checkpoint"))
     stage("record")
     support = train_set[-1]
-    candidate = heldout_pck(KptLLMPredictor(model), support, held_set) if held_set else float("nan")
+    nan = {"pck": float("nan"), "error": float("nan")}
+    candidate = heldout_scores(KptLLMPredictor(model), support, held_set) if held_set else nan
     if held_set:
         current = KptLLMPredictor(load_checkpoint(store.checkpoint_dir(served))) if served else default_predictor()
-        served_pck = heldout_pck(current, support, held_set)
-        promote = candidate >= served_pck or settings.promote == "always"
-        reason = f"held-out PCK@0.2 {candidate:.3f} vs served {served_pck:.3f} ({served or 'default engine'})"
+        now = heldout_scores(current, support, held_set)
+        promote = not_worse(candidate, now) or settings.promote == "always"
+        reason = (
+            f"held-out PCK@0.2 {candidate['pck']:.3f} (error {candidate['error']:.3f}) vs served {now['pck']:.3f} "
+            f"(error {now['error']:.3f}, {served or 'default engine'})"
+        )
     else:
-        served_pck = float("nan")
+        now = nan
         promote = settings.promote == "always"
         reason = "no held-out annotation yet (needs 3 or more annotated images)"
     if settings.promote == "always":
@@ -133,9 +155,12 @@ def run_finetune(
         "decision": "promote" if promote else "reject",
         "reason": reason,
         "metrics": {
-            "pck@0.2": candidate,
-            "served_pck@0.2": served_pck,
+            "pck@0.2": candidate["pck"],
+            "mean_error": candidate["error"],
+            "served_pck@0.2": now["pck"],
+            "served_mean_error": now["error"],
             "served_version": served,
+            "heldout_images": len({s.key.split("/")[0] for s in held_set}),
             "final_loss": result.final.get("loss"),
         },
         "annotation_ids": [s.key for s in train_set],

@@ -67,10 +67,11 @@ class KeypointDecoder(nn.Module):
         keys = self.key(torch.cat([patches, pos], dim=-1))  # (B, N, d)
         q = self.query(torch.cat([hidden.to(feats.dtype), prompt_feat], dim=-1))  # (B, d)
         logits = torch.einsum("bd,bnd->bn", q, keys) / (self.cfg.dim**0.5) * self.log_temperature.exp()
-        if prompt_feat.abs().sum() > 0:  # visual prompts: add the cosine similarity to the support's feature
+        has_prompt = prompt_feat.abs().sum(-1, keepdim=True) > 0  # visual/understanding rows; textual rows are zeros
+        if has_prompt.any():  # add the cosine similarity of each patch to the support's feature at the keypoint
             m_q = nn.functional.normalize(self.match(prompt_feat), dim=-1)
             m_k = nn.functional.normalize(self.match(patches), dim=-1)
-            logits = logits + self.match_scale * torch.einsum("bd,bnd->bn", m_q, m_k) * (prompt_feat.abs().sum(-1, keepdim=True) > 0)
+            logits = logits + self.match_scale * torch.einsum("bd,bnd->bn", m_q, m_k) * has_prompt
         attn = logits.softmax(dim=-1)
         coarse = attn @ centres  # (B, 2) soft-argmax
         v = torch.einsum("bn,bnd->bd", attn, self.value(patches))

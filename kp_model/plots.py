@@ -81,3 +81,24 @@ def overlay_grid(folders: list[Path], out: Path, cfg: PredictorConfig | None = N
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def scale_plot(scale: dict, out: Path) -> Path:
+    """Predict latency and process peak memory against image size and keypoint count, one line per engine."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for engine, rows in scale["image_size"].items():
+        x = [r["longer_side_px"] for r in rows]
+        axes[0].plot(x, [r["predict_median_s"] for r in rows], "o-", label=engine)
+        axes[1].plot(x, [r["peak_rss_mb"] for r in rows], "o-", label=engine)
+    for engine, rows in scale["keypoints"].items():
+        axes[2].plot([r["keypoints"] for r in rows], [r["predict_median_s"] for r in rows], "o-", label=engine)
+    axes[0].set(xlabel="image longer side (px)", ylabel="predict time (s)", xscale="log", yscale="log")
+    axes[1].set(xlabel="image longer side (px)", ylabel="process peak RSS so far (MB)", xscale="log")
+    axes[2].set(xlabel="keypoints in the support", ylabel="predict time (s)")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

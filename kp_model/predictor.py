@@ -131,15 +131,7 @@ class KeypointPredictor:
         return list(self._names)
 
     def set_support(self, image: np.ndarray, keypoints: np.ndarray, names: list[str]) -> None:
-        """Cache the support.
-
-        Args:
-            image: (H, W, 3) uint8 RGB.
-            keypoints: (K, 2) pixels (x right, y down), finite and inside the image, K >= 1.
-            names: K distinct keypoint names.
-        Raises:
-            SupportError: on any of the above not holding.
-        """
+        """Cache the support: image (H, W, 3) uint8 RGB, keypoints (K, 2) px, K names (see validate_support)."""
         kps = validate_support(image, keypoints, names)
         image = np.asarray(image)
         h, w = image.shape[:2]

@@ -6,6 +6,7 @@ any point leaves the previous served model in place and no half-written version 
   versions/v0001/            checkpoint (kp_model.checkpoint), present once complete
   versions/v0001.json        record: status, metrics, annotation ids, config, duration, times
   served.json                {"version": "v0001"}; absent: the default engine is served
+  split.json                 {"<image group>": "train" | "heldout"}: the fixed held-out split
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ class ModelStore:
     def write_record(self, version: str, record: dict) -> None:
         write_json_atomic(self.versions_dir / f"{version}.json", {**record, "version": version})
 
+    def latest(self) -> str | None:
+        """The newest version with a record and a complete checkpoint (promoted or not), or None."""
+        for version in reversed(self.versions()):
+            if (self.checkpoint_dir(version) / "config.json").is_file():
+                return version
+        return None
+
     def served(self) -> str | None:
         """The served version, or None (default engine). A served version always has a complete checkpoint."""
         path = self.root / "served.json"
@@ -92,6 +100,16 @@ class ModelStore:
         if not (self.checkpoint_dir(version) / "config.json").is_file():
             raise StoreError(f"cannot serve {version}: its checkpoint {self.checkpoint_dir(version)} is incomplete or missing")
         write_json_atomic(self.root / "served.json", {"version": version})
+
+    def split(self) -> dict[str, str]:
+        path = self.root / "split.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{path} unreadable: {exc}") from exc
+
+    def write_split(self, split: dict[str, str]) -> None:
+        write_json_atomic(self.root / "split.json", split)
 
     def clean_partial(self) -> list[str]:
         """Remove temporary leftovers of crashed runs (call under the project's training lock)."""

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from kp_model.encoder import IMAGENET_MEAN, IMAGENET_STD
+
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VisionLoadError(RuntimeError):

@@ -39,26 +39,6 @@ def blob_image(
     return img, pts
 
 
-def clear_queue(name: str, url: str = "redis://127.0.0.1:6379/0") -> None:
-    """Delete an RQ queue's jobs and kpassist's keys of that namespace (test isolation on the shared Redis)."""
-    from redis import Redis
-    from rq import Queue
-    from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
-
-    r = Redis.from_url(url)
-    q = Queue(name, connection=r)
-    ids = set(q.get_job_ids())
-    for reg in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):
-        ids |= set(reg(name, connection=r).get_job_ids())
-    q.empty()
-    for job_id in ids:
-        r.delete(f"rq:job:{job_id}", f"rq:results:{job_id}")
-    for key in r.scan_iter(f"{name}:*"):
-        r.delete(key)
-    for key in r.scan_iter(f"rq:*:{name}"):
-        r.delete(key)
-
-
 @pytest.fixture()
 def queue_name():
     """A fresh RQ queue name (and kpassist Redis key namespace) on the local Redis, removed after the test."""
@@ -66,4 +46,28 @@ def queue_name():
 
     name = f"kpassist-test-{uuid.uuid4().hex[:8]}"
     yield name
-    clear_queue(name)
+    from backend.training_queue import clear_namespace
+
+    clear_namespace("redis://127.0.0.1:6379/0", name)
+
+
+@pytest.fixture(scope="session")
+def mouse_overfit(mouse_dir: Path):
+    """The tiny kptllm preset trained (260 steps, no augmentation) on 4 real mouse frames: (model, samples, bboxes).
+    Shared by the overfitting test and the backend's label-check test (about 45 s on 2 cores)."""
+    import torch
+
+    from kp_model.augment import AugmentConfig
+    from kp_model.coco import load_coco_keypoints
+    from kp_model.kptllm import build_model, tiny_config
+    from kp_model.semantics import semantic_text
+    from kp_model.train import TrainConfig, samples_from_coco, train
+
+    idx = [0, 30, 60, 90]
+    samples = samples_from_coco(mouse_dir, indices=idx)
+    boxes = [load_coco_keypoints(mouse_dir)[i].instances[0].bbox for i in idx]
+    torch.manual_seed(0)
+    model = build_model(tiny_config(category="mouse"), vocab_texts=[semantic_text(n, "mouse") for n in samples[0].names])
+    still = AugmentConfig(scale=0, rotation=0, shift=0, flip=0, colour=0)
+    train(model, samples, TrainConfig(steps=260, augment=still, log_every=50))
+    return model, samples, boxes

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.servers import free_port
+from backend.devservers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ from rq import Queue
 
 import label_config
 from backend.compat import create_app
+from backend.devservers import free_port
 from backend.events import EventLog
 from backend.settings import Settings
-from tests.conftest import clear_queue
-from tests.e2e.servers import free_port
+from backend.training_queue import clear_namespace
 
 CONFIG = label_config.read("mouse_topview_4")
 
@@ -52,7 +52,7 @@ def test_threshold_and_start_training(tmp_path: Path, queue_name: str) -> None:
     assert [hook(client, "ANNOTATION_CREATED", i).json["status"] for i in range(2)] == ["recorded", "recorded"]
     assert Queue(queue_name, connection=Redis()).count == 0
     assert hook(client, "ANNOTATION_DELETED", 5).json["status"] == "queued"  # third change reaches the threshold
-    clear_queue(queue_name)
+    clear_namespace("redis://127.0.0.1:6379/0", queue_name)
     assert hook(client, "START_TRAINING").json["status"] == "queued"  # always queues, whatever the count
 
 

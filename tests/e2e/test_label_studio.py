@@ -7,27 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 import label_config
+from backend.devservers import LabelStudioAPI, kpassist_backend, label_studio
 from kp_model.metrics import pck
-from tests.e2e.servers import kpassist_backend, label_studio
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FRAMES = ["img0000.png", "img0023.png", "img0046.png", "img0069.png", "img0092.png"]  # evenly spread; the first is annotated
-
-
-def _api(url: str, token: str):
-    session = requests.Session()
-    session.headers["Authorization"] = f"Token {token}"
-
-    def call(method: str, path: str, **kwargs) -> requests.Response:
-        resp = session.request(method, url + path, timeout=120, **kwargs)
-        assert resp.status_code < 400, f"{method} {path}: {resp.status_code} {resp.text[:500]}"
-        return resp
-
-    return call
 
 
 def test_retrieve_predictions_from_one_annotated_frame(tmp_path: Path, mouse_dir: Path) -> None:
@@ -37,40 +24,17 @@ def test_retrieve_predictions_from_one_annotated_frame(tmp_path: Path, mouse_dir
     names = coco["categories"][0]["keypoints"]
 
     with label_studio(tmp_path) as (ls_url, token), kpassist_backend(tmp_path, ls_url, token) as backend_url:
-        api = _api(ls_url, token)
-        config = label_config.read("mouse_topview_4")
-        project = api("POST", "/api/projects", json={"title": "mouse e2e", "label_config": config}).json()
-        pid = project["id"]
-        for name in FRAMES:  # one file per request (several parts would become one task)
-            with (mouse_dir / "images" / name).open("rb") as fh:
-                api("POST", f"/api/projects/{pid}/import", files={"file": (name, fh, "image/png")})
-        tasks = api("GET", f"/api/tasks/?project={pid}&page_size=100").json()["tasks"]
+        api = LabelStudioAPI(ls_url, token)
+        pid = api.create_project("mouse e2e", label_config.read("mouse_topview_4"))
+        tasks = api.import_images(pid, [mouse_dir / "images" / n for n in FRAMES])
         assert len(tasks) == len(FRAMES)
-        frame_of = {t["id"]: next(n for n in FRAMES if t["data"]["image"].endswith(n)) for t in tasks}
+        frame_of = {t["id"]: n for n, t in zip(FRAMES, tasks, strict=True)}
 
-        support_task = next(t for t in tasks if frame_of[t["id"]] == FRAMES[0])
+        support_task = tasks[0]
         info = by_name[FRAMES[0]]
         kps = np.asarray(gt[info["id"]]["keypoints"]).reshape(-1, 3)
-        result = [
-            {
-                "id": f"kp{i}",
-                "from_name": "kp",
-                "to_name": "image",
-                "type": "keypointlabels",
-                "original_width": info["width"],
-                "original_height": info["height"],
-                "image_rotation": 0,
-                "value": {
-                    "x": x * 100 / info["width"],
-                    "y": y * 100 / info["height"],
-                    "width": 0.8,
-                    "keypointlabels": [names[i]],
-                },
-            }
-            for i, (x, y, v) in enumerate(kps)
-            if v > 0
-        ]
-        annotation = api("POST", f"/api/tasks/{support_task['id']}/annotations", json={"result": result}).json()
+        annotation = api.annotate(support_task["id"], kps, names, info["width"], info["height"])
+        result = annotation["result"]
 
         api("POST", "/api/ml", json={"url": backend_url, "project": pid, "title": "kpassist"})
         everything = {"selectedItems": {"all": True, "excluded": []}}

@@ -18,7 +18,7 @@ from kp_model.llm import LLMConfig
 from kp_model.metrics import pck
 from kp_model.predictor import PredictorConfig, SupportNotSetError, build_predictor
 from kp_model.semantics import humanize, semantic_text, side_of
-from kp_model.train import TrainConfig, TrainSample, samples_from_coco, train
+from kp_model.train import TrainConfig, TrainSample, train
 from kp_model.vision import VisionConfig
 from tests.conftest import blob_image
 
@@ -194,18 +194,10 @@ def test_engine_selected_by_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_model_overfits_four_mouse_frames(mouse_dir: Path) -> None:
+def test_tiny_model_overfits_four_mouse_frames(mouse_overfit) -> None:
     """Visual, textual and understanding prompts end to end on 4 real frames (train = test), and the left/right
     label check on a swapped annotation."""
-    from kp_model.coco import load_coco_keypoints
-
-    idx = [0, 30, 60, 90]
-    samples = samples_from_coco(mouse_dir, indices=idx)
-    boxes = [load_coco_keypoints(mouse_dir)[i].instances[0].bbox for i in idx]
-    torch.manual_seed(0)
-    model = build_model(tiny_config(category="mouse"), vocab_texts=[semantic_text(n, "mouse") for n in samples[0].names])
-    still = AugmentConfig(scale=0, rotation=0, shift=0, flip=0, colour=0)
-    train(model, samples, TrainConfig(steps=260, augment=still, log_every=50))
+    model, samples, boxes = mouse_overfit
     predictor = KptLLMPredictor(model)
     scores = {"visual": [], "textual": []}
     for i, s in enumerate(samples):

@@ -1,4 +1,4 @@
-"""Real servers for end-to-end tests: Label Studio (own virtualenv) and the kpassist backend."""
+"""Real servers for end-to-end tests and the HTTP benchmarks: Label Studio (own virtualenv) and the kpassist backend."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 LS_VERSION = "1.23.2"
 LS_USER, LS_PASSWORD, LS_TOKEN = "e2e@kpassist.local", "kpassist-e2e-pass", "kpassiste2etoken0123456789abcdef01234567"
 
@@ -102,16 +102,67 @@ def label_studio(workdir: Path) -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def kpassist_backend(workdir: Path, ls_url: str, token: str) -> Iterator[str]:
-    """``kpassist serve`` (gunicorn) on a free loopback port; yields its URL."""
+def serve_backend(
+    workdir: Path, env_extra: dict[str, str], args: tuple[str, ...] = ("--no-worker",)
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``kpassist serve`` (gunicorn) on a free loopback port; yields (URL, the serve process)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "LABEL_STUDIO_URL": ls_url,
-        "LABEL_STUDIO_API_KEY": token,
-        "KPASSIST_DATA_DIR": str(workdir / "kpassist"),
-    }
-    cmd = [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-worker"]
+    env = {**os.environ, "KPASSIST_DATA_DIR": str(workdir / "kpassist"), **env_extra}
+    cmd = [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     url = f"http://127.0.0.1:{port}"
-    with running(cmd, env, f"{url}/health", workdir / "backend.log", 120):
+    with running(cmd, env, f"{url}/health", workdir / "backend.log", 120) as proc:
+        yield url, proc
+
+
+@contextmanager
+def kpassist_backend(workdir: Path, ls_url: str, token: str) -> Iterator[str]:
+    """``kpassist serve`` connected to a Label Studio; yields its URL."""
+    with serve_backend(workdir, {"LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": token}) as (url, _):
         yield url
+
+
+class LabelStudioAPI:
+    """Token-authenticated calls to a Label Studio server, with the few project steps tests and benchmarks need."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {token}"
+
+    def __call__(self, method: str, path: str, **kwargs) -> requests.Response:
+        resp = self.session.request(method, self.url + path, timeout=120, **kwargs)
+        if resp.status_code >= 400:
+            raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.text[:500]}")
+        return resp
+
+    def create_project(self, title: str, label_config: str) -> int:
+        return self("POST", "/api/projects", json={"title": title, "label_config": label_config}).json()["id"]
+
+    def import_images(self, project: int, paths: list[Path]) -> list[dict]:
+        """One task per image (one file per request: several parts would become one task), in ``paths`` order."""
+        for path in paths:
+            with path.open("rb") as fh:
+                self("POST", f"/api/projects/{project}/import", files={"file": (path.name, fh, "image/png")})
+        tasks = self("GET", f"/api/tasks/?project={project}&page_size=1000").json()["tasks"]
+        return [
+            next(t for t in tasks if t["data"]["image"].endswith("-" + p.name) or t["data"]["image"].endswith("/" + p.name))
+            for p in paths
+        ]
+
+    def annotate(self, task_id: int, keypoints, names: list[str], width: int, height: int, control: str = "kp") -> dict:
+        """Post an annotation of (K, 3) pixel keypoints (x, y, v; v > 0 labelled) for the KeyPointLabels ``control``."""
+        result = [
+            {
+                "id": f"kp{i}",
+                "from_name": control,
+                "to_name": "image",
+                "type": "keypointlabels",
+                "original_width": width,
+                "original_height": height,
+                "image_rotation": 0,
+                "value": {"x": float(x) * 100 / width, "y": float(y) * 100 / height, "width": 0.8, "keypointlabels": [names[i]]},
+            }
+            for i, (x, y, v) in enumerate(keypoints)
+            if v > 0
+        ]
+        return self("POST", f"/api/tasks/{task_id}/annotations", json={"result": result}).json()
