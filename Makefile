@@ -25,12 +25,13 @@ $(LSVENV)/.installed:
 
 lsvenv: $(LSVENV)/.installed
 
-# a Redis on 127.0.0.1:6379 for the RQ training queue, installed and started when nothing listens there
+# a Redis on 127.0.0.1:6379 for the RQ training queue, started when nothing listens there; the redis-server binary
+# is installed in any case (the Redis-down test starts and stops one of its own)
 redis:
+	@command -v redis-server >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server)
 	@if $(PY) -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1)" 2>/dev/null; then \
 		echo "redis: already listening on 127.0.0.1:6379"; \
 	else \
-		command -v redis-server >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server); \
 		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; \
 		sleep 1; \
 	fi
@@ -44,5 +45,9 @@ lint: install
 test: install lsvenv redis lint
 	KPASSIST_LS_VENV=$(abspath $(LSVENV)) $(VENV)/bin/python -m pytest -m "" tests
 
-bench: install
-	$(VENV)/bin/kpassist bench oneshot --data ../shared/data --out bench-out/oneshot.json
+# the README's figures: the 20-frame fine-tune (its checkpoint feeds the kptllm column), the retraining curve, then
+# accuracy (all pairs) + HTTP speed + memory + scale + 60 s load test (needs the Label Studio venv)
+bench: install lsvenv redis
+	$(VENV)/bin/kpassist bench finetune --save-checkpoint --out bench-out/finetune.json
+	$(VENV)/bin/kpassist bench loop --out bench-out/loop.json
+	KPASSIST_LS_VENV=$(abspath $(LSVENV)) $(VENV)/bin/kpassist bench all --kptllm-checkpoint bench-out/finetune-checkpoint --out bench-out/report.json
