@@ -7,12 +7,14 @@ not worse on the held-out split. Progress (stage, step, loss, ETA) goes to the j
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -90,9 +92,6 @@ def annotations_to_samples(tasks: list[dict], control: KeypointControl, fetch) -
 
 
 def _model_config(settings: Settings) -> tuple[KptLLMConfig, TrainConfig]:
-    import json
-    from pathlib import Path
-
     train_cfg = TrainConfig(steps=settings.train_steps, log_every=max(1, settings.train_steps // 10))
     if not settings.train_config:
         return tiny_config(), train_cfg

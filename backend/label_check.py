@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 class LabelChecker:
     def __init__(self, service, keep: int = 100) -> None:
         self.service = service
+        self.keep = keep  # warnings kept per project (newest)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label-check")
         self._warnings: dict[int, deque] = {}
         self._lock = threading.Lock()
@@ -68,7 +69,7 @@ class LabelChecker:
             log.warning("project %s: label check of annotation %s skipped: %s", project, annotation.get("id"), exc)
             return []
         with self._lock:
-            self._warnings.setdefault(project, deque(maxlen=100)).extend(found)
+            self._warnings.setdefault(project, deque(maxlen=self.keep)).extend(found)
         return found
 
     def warnings(self, project: int) -> list[dict]:

@@ -13,6 +13,7 @@ import uuid
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
@@ -81,7 +82,7 @@ class TrainingQueue:
             existing_id = existing.decode() if existing else ""
             try:
                 status = Job.fetch(existing_id, connection=self.redis).get_status() if existing_id else None
-            except Exception:  # noqa: BLE001 - rq raises NoSuchJobError (and others) for lost jobs: queue a new one
+            except NoSuchJobError:  # the job expired or was deleted: queue a new one
                 status = None
             if status in WAITING:
                 return existing_id, False
