@@ -112,3 +112,12 @@ def test_redis_down_keeps_the_event_and_queues_when_back(tmp_path: Path, queue_n
         time.sleep(0.2)
     assert queue.count == 1  # the background retry queued the kept event's job
     assert EventLog(tmp_path / "var", 7).state()["enqueue_pending"] is False
+
+
+def test_a_lost_pending_job_does_not_block_training(tmp_path: Path, queue_name: str) -> None:
+    """The debounce key names a job Redis no longer has (expired, deleted): the next event queues a new one."""
+    client = app_client(tmp_path, queue_name)
+    Redis().set(f"{queue_name}:pending:7", "train-7-gone")
+    resp = hook(client, "START_TRAINING")
+    assert resp.json["status"] == "queued" and resp.json["job_id"] != "train-7-gone"
+    assert Queue(queue_name, connection=Redis()).count == 1
