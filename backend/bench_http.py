@@ -50,8 +50,10 @@ def process_tree_memory_mb(pid: int) -> dict[str, float]:
 
 
 class Backend:
-    def __init__(self, url: str, project: int, config: str) -> None:
-        self.url, self.project, self.config = url, project, config
+    """A client of the served backend; ``pid`` is the serve process (for memory readings)."""
+
+    def __init__(self, url: str, project: int, config: str, pid: int = 0) -> None:
+        self.url, self.project, self.config, self.pid = url, project, config, pid
         self.session = requests.Session()
 
     def predict(self, tasks: list[dict]) -> tuple[float, dict]:
@@ -163,8 +165,7 @@ def run_http_bench(data: Path, workdir: Path, repeats: int = 10, load_seconds: f
         t0 = time.perf_counter()
         with serve_backend(workdir, env) as (url, proc):
             out["backend_start_s"] = time.perf_counter() - t0  # process start to /health (imports, app)
-            backend = Backend(url, pid, config)
-            backend.pid = proc.pid
+            backend = Backend(url, pid, config, proc.pid)
             setup = {"project": f"{pid}.1", "schema": config, "hostname": ls_url, "access_token": token}
             t1 = time.perf_counter()
             requests.post(url + "/setup", json=setup, timeout=120).raise_for_status()
