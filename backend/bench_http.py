@@ -16,6 +16,7 @@ import requests
 import label_config
 from backend.devservers import LabelStudioAPI, label_studio, serve_backend
 from backend.training_queue import clear_namespace
+from kp_model.bench import memory_mb
 from kp_model.coco import load_coco_keypoints
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,11 @@ def process_tree_memory_mb(pid: int) -> dict[str, float]:
     rss = hwm = 0.0
     for p in pids:
         try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
+            mem = memory_mb(p)
+        except OSError:  # exited since it was listed
             continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        rss += int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
-        hwm += int(fields.get("VmHWM", "0 kB").split()[0]) / 1024
+        rss += mem["rss_mb"]
+        hwm += mem["peak_rss_mb"]
     return {"rss_mb": rss, "peak_rss_mb": hwm, "processes": len(pids)}
 
 

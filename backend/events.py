@@ -56,14 +56,9 @@ class EventLog:
         with self._lock:
             write_json_atomic(self.state_path, {**self.state(), **changes})
 
-    def since_last_run(self) -> int:
-        """Events recorded after the start of the last training run."""
-        return self.count() - int(self.state().get("started_after", 0))
-
-    def events(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    def since_last_run(self, count: int | None = None) -> int:
+        """Events recorded after the start of the last training run (``count``: the total, when already known)."""
+        return (self.count() if count is None else count) - int(self.state().get("started_after", 0))
 
 
 def pending_projects(data_dir: str | Path) -> list[int]:

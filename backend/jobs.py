@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.convert import AnnotationFormatError, percent_to_pixels, regions_to_points
+from backend.convert import percent_to_pixels
 from backend.events import EventLog
 from backend.label_config import KeypointControl, parse_keypoint_controls
-from backend.service import PredictionService, default_predictor_factory, project_store
+from backend.service import PredictionService, project_store
 from backend.settings import Settings
+from backend.support import labelled_annotations
 from backend.training_queue import lock_key, pending_key, redis_connection
 from kp_model.finetune import FinetuneSettings, run_finetune
 from kp_model.images import ImageLoadError
@@ -57,38 +58,31 @@ def _set_meta(**meta: object) -> None:
 def annotations_to_samples(tasks: list[dict], control: KeypointControl, fetch) -> list[TrainSample]:
     """Human annotations of ``control`` as TrainSamples, oldest first; key "<task id>/<annotation id>".
 
-    Keypoints are in the order of ``control.labels``; unlabelled ones are invisible. Cancelled annotations,
-    annotations without a keypoint of the control, and tasks whose image cannot be read are skipped (logged)."""
+    Keypoints are in the order of ``control.labels``; unlabelled ones are invisible. Annotations left out by
+    ``labelled_annotations`` and tasks whose image cannot be read are skipped (logged)."""
     names = list(control.labels)
+    images: dict[str, np.ndarray | None] = {}
     found = []
-    for task in tasks:
-        ref = (task.get("data") or {}).get(control.image_field)
-        anns = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
-        if not isinstance(ref, str) or not anns:
-            continue
-        try:
-            image = fetch(ref)
-        except ImageLoadError as exc:
-            log.warning("task %s: not trained on, %s", task.get("id"), exc)
+    for item in labelled_annotations(tasks, control):
+        if item.image_ref not in images:
+            try:
+                images[item.image_ref] = fetch(item.image_ref)
+            except ImageLoadError as exc:
+                log.warning("task %s: not trained on, %s", item.task.get("id"), exc)
+                images[item.image_ref] = None
+        image = images[item.image_ref]
+        if image is None:
             continue
         h, w = image.shape[:2]
-        for ann in anns:
-            try:
-                points = regions_to_points(ann.get("result") or [], control)
-            except AnnotationFormatError as exc:
-                log.warning("annotation %s: not trained on, %s", ann.get("id"), exc)
-                continue
-            if len(points) == 0:
-                continue
-            kps = np.zeros((len(names), 2))
-            vis = np.zeros(len(names), bool)
-            px = percent_to_pixels(np.asarray(points.xy_percent), w, h)
-            for name, p in zip(points.names, px, strict=True):
-                kps[names.index(name)] = p
-                vis[names.index(name)] = True
-            stamp = str(ann.get("updated_at") or ann.get("created_at") or "")
-            found.append((stamp, TrainSample(image, kps, vis, names, "object", f"{task.get('id')}/{ann.get('id')}")))
-    return [s for _, s in sorted(found, key=lambda item: item[0])]
+        kps = np.zeros((len(names), 2))
+        vis = np.zeros(len(names), bool)
+        px = percent_to_pixels(np.asarray(item.points.xy_percent), w, h)
+        for name, p in zip(item.points.names, px, strict=True):
+            kps[names.index(name)] = p
+            vis[names.index(name)] = True
+        key = f"{item.task.get('id')}/{item.annotation.get('id')}"
+        found.append((item.when, TrainSample(image, kps, vis, names, "object", key)))
+    return [s for _, s in sorted(found, key=lambda pair: pair[0])]
 
 
 def _model_config(settings: Settings) -> tuple[KptLLMConfig, TrainConfig]:
@@ -140,7 +134,8 @@ def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
     with _LockKeeper(redis, lock_key(settings.queue_name, project), settings.lock_ttl, settings.job_timeout):
         redis.delete(pending_key(settings.queue_name, project))  # events from now on queue a new job
         events = EventLog(data_dir, project)
-        events.update_state(started_after=events.count())
+        seen = events.count()
+        events.update_state(started_after=seen)
         _set_meta(stage="reading annotations")
         service = PredictionService(replace(settings, data_dir=data_dir))
         conn = service.connection(ls_url)
@@ -165,8 +160,7 @@ def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
                 report["loss"],
                 report["eta_s"],
             )
-            if report["step"] >= 1:
-                _fault("train")
+            _fault("train")
 
         def stage(name: str) -> None:
             _set_meta(stage=name)
@@ -179,10 +173,10 @@ def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
             samples,
             project_store(data_dir, project),
             FinetuneSettings(model_cfg, train_cfg, salt=str(project), promote=settings.promote),
-            default_predictor_factory(settings),
+            service.default_predictor,
             progress=progress,
             stage=stage,
-            info={"project": project, "job_id": job.id if job else None, "queued_events_seen": events.count()},
+            info={"project": project, "job_id": job.id if job else None, "queued_events_seen": seen},
         )
         _set_meta(stage="done", version=record["version"], decision=record["decision"])
         log.info(

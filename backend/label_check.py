@@ -29,8 +29,7 @@ class LabelChecker:
 
     def submit(self, project: int, task: dict, annotation: dict, controls: list[KeypointControl], conn) -> Future | None:
         """Check in the background when the project serves a fine-tuned model (the default engine cannot describe)."""
-        version, _ = self.service.engine(project)
-        if not version.startswith("kptllm"):
+        if self.service.served_version(project) is None:
             return None
         return self._pool.submit(self._check, project, task, annotation, controls, conn)
 

@@ -43,12 +43,6 @@ def project_store(data_dir: str | Path, project: int) -> ModelStore:
     return ModelStore(project_dir(data_dir, project) / "model")
 
 
-def default_predictor_factory(settings: Settings) -> Callable[[], object]:
-    """Builds the engine served while a project has no promoted fine-tuned version (KPASSIST_ENGINE_CONFIG)."""
-    cfg = PredictorConfig.from_file(settings.engine_config) if settings.engine_config else PredictorConfig()
-    return lambda: build_predictor(cfg)
-
-
 class PredictionService:
     """Shared by every model instance of the process: support caches survive /setup calls."""
 
@@ -70,30 +64,39 @@ class PredictionService:
     def engine_version(self) -> str:
         return self.predictor_cfg.version
 
+    def default_predictor(self) -> object:
+        """A new predictor of the configured default engine (KPASSIST_ENGINE_CONFIG)."""
+        return build_predictor(self.predictor_cfg)
+
+    def served_version(self, project: int | None) -> str | None:
+        """The project's promoted fine-tuned version (read on every call: promotions need no restart), or None
+        while the default engine is served (also when the store is unreadable, which is logged)."""
+        if project is None:
+            return None
+        try:
+            return project_store(self.settings.data_dir, project).served()
+        except StoreError as exc:
+            log.error("project %s: %s; serving the default engine", project, exc)
+            return None
+
     def engine(self, project: int | None) -> tuple[str, Callable[[], object]]:
-        """(version, predictor factory) served for ``project``: its promoted fine-tuned version if any (picked up
-        without restart), else the configured default engine."""
-        served = None
-        if project is not None:
-            store = project_store(self.settings.data_dir, project)
-            try:
-                served = store.served()
-            except StoreError as exc:
-                log.error("project %s: %s; serving the default engine", project, exc)
+        """(version, predictor factory) served for ``project``: its promoted fine-tuned version if any, else the
+        configured default engine."""
+        served = self.served_version(project)
         if served is None:
-            return self.engine_version, lambda: build_predictor(self.predictor_cfg)
+            return self.engine_version, self.default_predictor
 
         def make() -> object:
             from kp_model.kptllm_predictor import KptLLMPredictor
 
-            return KptLLMPredictor(self._load(store, served))
+            return KptLLMPredictor(self._load(project, served))
 
         return f"kptllm-p{project}-{served}", make
 
-    def _load(self, store: ModelStore, version: str):
+    def _load(self, project: int, version: str):
         from kp_model.checkpoint import load_checkpoint
 
-        path = store.checkpoint_dir(version)
+        path = project_store(self.settings.data_dir, project).checkpoint_dir(version)
         with self._lock:
             model = self._models.get(str(path))
             if model is None:
@@ -104,9 +107,8 @@ class PredictionService:
 
     def served_model(self, project: int):
         """The project's served fine-tuned KptLLM model, or None while the default engine is served."""
-        store = project_store(self.settings.data_dir, project)
-        served = store.served()
-        return None if served is None else self._load(store, served)
+        served = self.served_version(project)
+        return None if served is None else self._load(project, served)
 
     def connection(self, hostname: str = "", access_token: str = "") -> Connection:
         """Client + image fetcher for a Label Studio server (the /setup one, else the environment's)."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from backend.convert import AnnotationFormatError, percent_to_pixels, regions_to_points
+from backend.convert import AnnotationFormatError, LabelledPoints, percent_to_pixels, regions_to_points
 from backend.label_config import KeypointControl
 from kp_model.predictor import KeypointPredictor
 
@@ -32,13 +32,24 @@ class SupportRef:
         return f"{self.annotation_id}@{self.updated_at}"
 
 
-def select_support(tasks: Iterable[dict], control: KeypointControl) -> SupportRef | None:
-    """The most recently updated, not cancelled annotation with at least one keypoint of ``control``.
+@dataclass(frozen=True)
+class LabelledAnnotation:
+    """A not-cancelled annotation with at least one keypoint of a control, and its task's image reference."""
 
-    Args:
-        tasks: Label Studio task dicts carrying ``annotations`` and ``data``.
-    """
-    best: tuple[datetime, SupportRef] | None = None
+    task: dict
+    image_ref: str
+    annotation: dict
+    points: LabelledPoints
+    stamp: str  # updated_at (else created_at) as Label Studio wrote it
+
+    @property
+    def when(self) -> datetime:
+        return _parse_time(self.stamp)
+
+
+def labelled_annotations(tasks: Iterable[dict], control: KeypointControl) -> Iterator[LabelledAnnotation]:
+    """The annotations of ``tasks`` (Label Studio task dicts carrying ``annotations`` and ``data``) that hold
+    keypoints of ``control``; cancelled, empty and malformed ones (logged) are left out."""
     for task in tasks:
         image_ref = (task.get("data") or {}).get(control.image_field)
         if not isinstance(image_ref, str):
@@ -49,22 +60,27 @@ def select_support(tasks: Iterable[dict], control: KeypointControl) -> SupportRe
             try:
                 points = regions_to_points(ann.get("result") or [], control)
             except AnnotationFormatError as exc:
-                log.warning("annotation %s of task %s skipped as support: %s", ann.get("id"), task.get("id"), exc)
+                log.warning("annotation %s of task %s skipped: %s", ann.get("id"), task.get("id"), exc)
                 continue
-            if len(points) == 0:
-                continue
-            stamp = str(ann.get("updated_at") or ann.get("created_at") or "")
-            when = _parse_time(stamp)
-            ref = SupportRef(
-                int(ann["id"]),
-                stamp,
-                int(task.get("id", 0)),
-                image_ref,
-                tuple(points.names),
-                tuple((float(x), float(y)) for x, y in points.xy_percent),
-            )
-            if best is None or (when, ref.annotation_id) > (best[0], best[1].annotation_id):
-                best = (when, ref)
+            if len(points):
+                yield LabelledAnnotation(task, image_ref, ann, points, str(ann.get("updated_at") or ann.get("created_at") or ""))
+
+
+def select_support(tasks: Iterable[dict], control: KeypointControl) -> SupportRef | None:
+    """The most recently updated, not cancelled annotation with at least one keypoint of ``control``."""
+    best: tuple[datetime, SupportRef] | None = None
+    for found in labelled_annotations(tasks, control):
+        ref = SupportRef(
+            int(found.annotation["id"]),
+            found.stamp,
+            int(found.task.get("id", 0)),
+            found.image_ref,
+            tuple(found.points.names),
+            tuple((float(x), float(y)) for x, y in found.points.xy_percent),
+        )
+        when = found.when
+        if best is None or (when, ref.annotation_id) > (best[0], best[1].annotation_id):
+            best = (when, ref)
     return None if best is None else best[1]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 
 from redis import Redis
@@ -44,14 +45,12 @@ class TrainingQueue:
         self.redis = redis_connection(settings.redis_url)
         self.queue = Queue(settings.queue_name, connection=self.redis)
         self._flusher: threading.Thread | None = None
-        self._wake = threading.Event()
 
     def submit(self, project: int, event: str, annotation_id: int | None, task_id: int | None, ls_url: str) -> dict:
         """Record the event; queue a training job when due. Returns the webhook's answer body
         ({"status": "recorded" | "queued" | "debounced" | "kept", ...})."""
         events = EventLog(self.settings.data_dir, project)
-        events.append(event, annotation_id, task_id)
-        changes = events.since_last_run()
+        changes = events.since_last_run(events.append(event, annotation_id, task_id))
         body: dict = {"event": event, "project": project, "changes_since_last_run": changes}
         if event != "START_TRAINING" and changes < self.settings.train_threshold:
             return {**body, "status": "recorded", "threshold": self.settings.train_threshold}
@@ -69,7 +68,8 @@ class TrainingQueue:
                 "detail": f"Redis at {self.settings.redis_url} is unreachable: the event is recorded and the training job "
                 "will be queued as soon as Redis answers (start redis-server or fix REDIS_URL)",
             }
-        events.update_state(enqueue_pending=False)
+        if events.state().get("enqueue_pending"):  # an earlier event was kept while Redis was down: now queued
+            events.update_state(enqueue_pending=False)
         return {**body, "status": "queued" if created else "debounced", "job_id": job_id}
 
     def enqueue(self, project: int, ls_url: str) -> tuple[str, bool]:
@@ -120,7 +120,7 @@ class TrainingQueue:
 
         def loop() -> None:
             while True:
-                self._wake.wait(interval_s)
+                time.sleep(interval_s)
                 try:
                     queued = self.flush_pending()
                 except RedisError:

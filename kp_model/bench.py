@@ -32,6 +32,16 @@ class CachedSupportEngine:
         return self.predictor.predict([query])[0].points
 
 
+def memory_mb(pid: int | str = "self") -> dict[str, float]:
+    """Resident memory of a process now and its peak so far (VmRSS, VmHWM; MB, Linux /proc).
+
+    Raises OSError when the process is gone."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    kb = {name: int(fields.get(name, "0 kB").split()[0]) for name in ("VmRSS", "VmHWM")}
+    return {"rss_mb": kb["VmRSS"] / 1024, "peak_rss_mb": kb["VmHWM"] / 1024}
+
+
 def machine_info() -> dict:
     return {
         "cpu": platform.processor() or platform.machine(),

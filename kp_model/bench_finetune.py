@@ -5,20 +5,18 @@ the copy baseline, with the training time and the process's peak memory."""
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from kp_model.bench import CachedSupportEngine, machine_info
+from kp_model.bench import CachedSupportEngine, machine_info, memory_mb
 from kp_model.checkpoint import save_checkpoint
 from kp_model.coco import load_coco_keypoints
-from kp_model.evaluate import copy_engine
+from kp_model.evaluate import Engine, PairResult, best_instance_errors, copy_engine, spread, summarise, support_instance
+from kp_model.images import load_image_rgb
 from kp_model.kptllm import build_model, tiny_config
 from kp_model.kptllm_predictor import KptLLMPredictor
-from kp_model.metrics import normalised_errors
 from kp_model.predictor import PredictorConfig
 from kp_model.semantics import semantic_text
 from kp_model.train import TrainConfig, samples_from_coco, train
@@ -26,57 +24,40 @@ from kp_model.train import TrainConfig, samples_from_coco, train
 log = logging.getLogger(__name__)
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def spread(n_total: int, n: int) -> list[int]:
-    """n indices evenly spread over range(n_total), the first one 0."""
-    return sorted({int(round(i * (n_total - 1) / max(1, n - 1))) for i in range(n)}) if n > 1 else [0]
-
-
-def evaluate_engines(folder: Path, support_index: int, query_indices: list[int], engines: dict) -> dict:
-    """PCK@0.05/0.1/0.2 and mean normalised error of each engine (support, keypoints, names, query) -> (K, 2) px."""
-    from kp_model.images import load_image_rgb
-
+def evaluate_engines(folder: Path, support_index: int, query_indices: list[int], engines: dict[str, Engine]) -> dict:
+    """PCK@0.05/0.1/0.2 and mean normalised error (``evaluate.summarise``) of each engine with image
+    ``support_index`` as the support and ``query_indices`` as queries, scored as in ``evaluate_folder``."""
     coco = load_coco_keypoints(folder)
     s = coco[support_index]
-    inst = max(s.instances, key=lambda i: int(i.visible.sum()))
+    inst = support_instance(s)
     s_img = load_image_rgb(s.image_path)
-    s_kps = inst.keypoints[:, :2]
-    names = list(s.keypoint_names)
-    errors: dict[str, list[np.ndarray]] = {name: [] for name in engines}
+    pairs: dict[str, list[PairResult]] = {name: [] for name in engines}
     for qi in query_indices:
         q = coco[qi]
         q_img = load_image_rgb(q.image_path)
         for name, engine in engines.items():
-            pred = engine(s_img, s_kps, names, q_img)
-            best = min(
-                (normalised_errors(pred, i.keypoints[:, :2], i.bbox)[i.visible & inst.visible] for i in q.instances),
-                key=lambda e: float(np.mean(e)) if len(e) else np.inf,
+            t0 = time.perf_counter()
+            pred = engine(s_img, inst.keypoints[:, :2], list(s.keypoint_names), q_img)
+            errors = best_instance_errors(pred, inst.visible, q)
+            pairs[name].append(
+                PairResult(folder.name, s.category, s.image_path.name, q.image_path.name, errors, time.perf_counter() - t0)
             )
-            errors[name].append(best)
-    out = {}
-    for name, errs in errors.items():
-        e = np.concatenate(errs) if errs else np.zeros(0)
-        out[name] = {f"pck@{a}": float(np.mean(e <= a)) for a in (0.05, 0.1, 0.2)} | {"mean_error": float(np.mean(e))}
-    return out
+    return {name: summarise(results) for name, results in pairs.items()}
 
 
 def run_finetune_bench(folder: Path, n_train: int = 20, steps: int = 1500, seed: int = 0, save_to: Path | None = None) -> dict:
     """Train the tiny preset on ``n_train`` spread frames of ``folder`` and score the rest (see module doc)."""
     coco = load_coco_keypoints(folder)
-    train_idx = spread(len(coco), n_train)
+    train_idx = spread(list(range(len(coco))), n_train)
     test_idx = [i for i in range(len(coco)) if i not in set(train_idx)]
     samples = samples_from_coco(folder, indices=train_idx)
     category = samples[0].category
     texts = [semantic_text(n, category) for n in samples[0].names]
     torch.manual_seed(seed)
     model = build_model(tiny_config(category=category), vocab_texts=texts)
-    rss_before = peak_rss_mb()
+    rss_before = memory_mb()["peak_rss_mb"]
     result = train(model, samples, TrainConfig(steps=steps, seed=seed, log_every=100))
-    rss_train = peak_rss_mb()
+    rss_train = memory_mb()["peak_rss_mb"]
     if save_to is not None:
         save_checkpoint(model, save_to, {"trained_on": [str(coco[i].image_path.name) for i in train_idx], "steps": steps})
     t0 = time.perf_counter()

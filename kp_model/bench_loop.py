@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kp_model.bench import CachedSupportEngine, machine_info
-from kp_model.bench_finetune import peak_rss_mb
+from kp_model.bench import CachedSupportEngine, machine_info, memory_mb
+from kp_model.checkpoint import load_checkpoint
 from kp_model.coco import load_coco_keypoints
 from kp_model.finetune import FinetuneSettings, run_finetune
 from kp_model.images import load_image_rgb
@@ -73,15 +73,11 @@ def run_loop_bench(folder: Path, ks: tuple[int, ...] = (1, 2, 5, 10, 20), steps:
             t1 = time.perf_counter()
             record = run_finetune([frames[i] for i in labelled], store, settings, lambda: build_predictor(PredictorConfig()))
             retrain_s = time.perf_counter() - t1
-            from kp_model.checkpoint import load_checkpoint
-
             cand = KptLLMPredictor(load_checkpoint(store.checkpoint_dir(record["version"])))
 
             def cand_predict(sup: TrainSample, image: np.ndarray, p=cand) -> np.ndarray:
                 if not p.is_support_set:
-                    p.set_support(
-                        sup.image, sup.keypoints[sup.visible], [n for n, v in zip(sup.names, sup.visible, strict=True) if v]
-                    )
+                    p.set_support(sup.image, *sup.visible_support())
                 return p.predict([image])[0].points
 
             cand_scores = _per_frame_pck(cand_predict, support, [frames[i] for i in rest], [boxes[i] for i in rest])
@@ -110,7 +106,7 @@ def run_loop_bench(folder: Path, ks: tuple[int, ...] = (1, 2, 5, 10, 20), steps:
                 "served_pck@0.2": float(np.nanmean(served_scores)),
                 "candidate_pck@0.2": float(np.nanmean(cand_scores)),
                 "default_engine_pck@0.2": float(np.nanmean(oneshot_scores[rest])),
-                "peak_rss_mb": peak_rss_mb(),
+                "peak_rss_mb": memory_mb()["peak_rss_mb"],
             }
             log.info(
                 "k=%d: served %s PCK@0.2 %.3f (candidate %.3f, default %.3f), retrain %.0fs",

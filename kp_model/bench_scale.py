@@ -9,14 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kp_model.bench import memory_mb
 from kp_model.coco import load_coco_keypoints
 from kp_model.images import load_image_rgb
-
-
-def memory_mb() -> dict[str, float]:
-    """This process's resident memory now and its peak so far (MB, Linux /proc)."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024}
 
 
 def _resize(image: np.ndarray, f: float) -> np.ndarray:

@@ -51,7 +51,7 @@ def support_instance(sample: Sample) -> Instance:
 PROTOCOLS = ("first", "all-pairs")
 
 
-def _spread(items: list, n: int | None) -> list:
+def spread(items: list, n: int | None) -> list:
     """At most n items evenly spread over ``items`` (all when n is None or larger)."""
     if n is None or len(items) <= n:
         return list(items)
@@ -78,8 +78,8 @@ def one_shot_pairs(
             for q in queries:
                 yield group[0], q
             continue
-        for sup in _spread(group, max_supports):
-            for q in _spread([g for g in group if g is not sup], max_queries):
+        for sup in spread(group, max_supports):
+            for q in spread([g for g in group if g is not sup], max_queries):
                 yield sup, q
 
 

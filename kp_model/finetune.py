@@ -59,7 +59,7 @@ def heldout_scores(predictor, support: TrainSample, queries: list[TrainSample], 
     """Mean PCK@alpha and mean normalised error of ``predictor`` (set_support / predict) over ``queries`` with
     ``support`` as the prompt."""
     vis = support.visible
-    predictor.set_support(support.image, support.keypoints[vis], [n for n, v in zip(support.names, vis, strict=True) if v])
+    predictor.set_support(support.image, *support.visible_support())
     scores, errors = [], []
     for q in queries:
         [pred] = predictor.predict([q.image])

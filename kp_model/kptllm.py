@@ -20,8 +20,8 @@ from torch.nn import functional as F
 from kp_model.keypoint_decoder import DecoderConfig, KeypointDecoder
 from kp_model.llm import LLMConfig, build_llm, load_tokenizer
 from kp_model.prompt_encoder import PromptEncoder, PromptEncoderConfig, sample_features
-from kp_model.sequences import SequenceBatch, prompt_token_id
-from kp_model.tokenizer import IMAGE_TOKEN, POS_TOKEN
+from kp_model.sequences import SequenceBatch
+from kp_model.tokenizer import IMAGE_TOKEN, POS_TOKEN, PROMPT_TOKEN
 from kp_model.vision import VisionConfig, VisionEncoder
 
 
@@ -94,7 +94,7 @@ class KptLLM(nn.Module):
         self.prompt_encoder = PromptEncoder(cfg.prompt, c, dim)
         self.decoder = KeypointDecoder(cfg.decoder, dim, c)
         self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.prompt_id = prompt_token_id(tokenizer)
+        self.prompt_id = tokenizer.convert_tokens_to_ids(PROMPT_TOKEN)
         self.pos_id = tokenizer.convert_tokens_to_ids(POS_TOKEN)
         # the KV-cache argument/output is "cache" in transformers >= 5.2x, "past_key_values" before
         params = inspect.signature(self.llm.get_base_model().forward).parameters

@@ -19,7 +19,7 @@ import torch
 from kp_model.kptllm import KptLLM
 from kp_model.mirror import mirror_permutation
 from kp_model.predictor import KeypointPrediction, SupportNotSetError, validate_support
-from kp_model.semantics import semantic_text, side_of
+from kp_model.semantics import humanize, semantic_text, side_of
 from kp_model.sequences import KeypointQuery, collate
 from kp_model.vision import letterbox, to_tensor
 
@@ -118,7 +118,7 @@ class KptLLMPredictor:
         read = dict(zip(idx, self.describe(image, kps[idx]), strict=True))
         warnings = []
         for i, j in pairs:
-            side_i, side_j = side_of(semantic_text(names[i], "")), side_of(semantic_text(names[j], ""))
+            side_i, side_j = side_of(humanize(names[i])), side_of(humanize(names[j]))
             got_i, got_j = side_of(read[i]), side_of(read[j])
             if side_i and side_j and got_i == side_j and got_j == side_i:
                 msg = f"labels {names[i]!r} and {names[j]!r} look swapped: the model reads {read[i]!r} and {read[j]!r}"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kp_model.tokenizer import IMAGE_TOKEN, POS_TOKEN, PROMPT_TOKEN, TASKS, answer_text, prompt_text
+from kp_model.tokenizer import IMAGE_TOKEN, POS_TOKEN, TASKS, answer_text, prompt_text
 
 
 @dataclass
@@ -107,7 +107,3 @@ def collate(tokenizer, queries: list[KeypointQuery], image_tokens: int, with_ans
         pos_index=torch.tensor(pos_index),
         tasks=[q.task for q in queries],
     )
-
-
-def prompt_token_id(tokenizer) -> int:
-    return tokenizer.convert_tokens_to_ids(PROMPT_TOKEN)

@@ -43,6 +43,10 @@ class TrainSample:
     category: str = "object"
     key: str = ""  # where it came from (file name, task id), for logs and records
 
+    def visible_support(self) -> tuple[np.ndarray, list[str]]:
+        """The visible keypoints (V, 2) px and their V names: what ``set_support`` takes."""
+        return self.keypoints[self.visible], [n for n, v in zip(self.names, self.visible, strict=True) if v]
+
     def __post_init__(self) -> None:
         k = len(self.names)
         if self.keypoints.shape != (k, 2) or self.visible.shape != (k,):

@@ -17,7 +17,6 @@ from kp_model.encoder import IMAGENET_MEAN, IMAGENET_STD
 log = logging.getLogger(__name__)
 
 
-
 class VisionLoadError(RuntimeError):
     """The configured vision checkpoint cannot be loaded or has no patch tokens."""
 
