@@ -3,13 +3,15 @@ before anything else is done with the event (the annotation itself is re-read fr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from kp_model.store import write_json_atomic
+from kp_model.training.store import write_json_atomic
 
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED", "START_TRAINING")
 
@@ -20,20 +22,33 @@ def project_dir(data_dir: str | Path, project: int) -> Path:
 
 class EventLog:
     """``<data_dir>/projects/<id>/events.jsonl`` + ``queue.json`` (how many events the last run started after,
-    and whether a job still has to be queued because Redis was down)."""
+    and whether a job still has to be queued because Redis was down).
 
-    _lock = threading.Lock()  # appends from the web process's threads
+    The web process and the training workers write both files: every write holds an exclusive ``flock`` on
+    ``events.lock`` of the project, so appends are counted exactly and no update of queue.json is lost."""
 
     def __init__(self, data_dir: str | Path, project: int) -> None:
         self.dir = project_dir(data_dir, project)
         self.path = self.dir / "events.jsonl"
         self.state_path = self.dir / "queue.json"
+        self.lock_path = self.dir / "events.lock"
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive across threads and processes (flock locks an open file description, so threads that open the
+        file separately exclude each other too)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def append(self, event: str, annotation_id: int | None = None, task_id: int | None = None) -> int:
-        """Record one event (fsynced); returns the number of events recorded so far."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Record one event (fsynced); returns the number of events recorded so far, this one included."""
         line = json.dumps({"event": event, "annotation": annotation_id, "task": task_id, "time": time.time()}) + "\n"
-        with self._lock:
+        with self._locked():
             with open(self.path, "a") as f:
                 f.write(line)
                 f.flush()
@@ -53,8 +68,16 @@ class EventLog:
             return {"started_after": 0, "enqueue_pending": False}
 
     def update_state(self, **changes: object) -> None:
-        with self._lock:
+        """Merge ``changes`` into queue.json (read, merge and atomic replace under the project's lock)."""
+        with self._locked():
             write_json_atomic(self.state_path, {**self.state(), **changes})
+
+    def mark_run_started(self) -> int:
+        """A training run starts now: events recorded so far count as seen by it. Returns that count."""
+        with self._locked():
+            seen = self.count()
+            write_json_atomic(self.state_path, {**self.state(), "started_after": seen})
+            return seen
 
     def since_last_run(self, count: int | None = None) -> int:
         """Events recorded after the start of the last training run (``count``: the total, when already known)."""

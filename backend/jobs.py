@@ -1,7 +1,7 @@
 """RQ jobs (top-level functions taking ids and paths; settings from the worker's environment at run time).
 
 train_project: under the project's lock, re-read its human annotations from Label Studio (deleted ones are
-gone, cancelled ones skipped), fine-tune the kptllm engine (kp_model.finetune) and promote the new version if it is
+gone, cancelled ones skipped), fine-tune the kptllm engine (kp_model.training.finetune) and promote the new version if it is
 not worse on the held-out split. Progress (stage, step, loss, ETA) goes to the job's meta and the log.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from redis.exceptions import LockError, RedisError
 
 from backend.convert import percent_to_pixels
 from backend.events import EventLog
@@ -25,10 +26,12 @@ from backend.service import PredictionService, project_store
 from backend.settings import Settings
 from backend.support import labelled_annotations
 from backend.training_queue import lock_key, pending_key, redis_connection
-from kp_model.finetune import FinetuneSettings, run_finetune
+from kp_model.config import ConfigError, config_from_dict
 from kp_model.images import ImageLoadError
-from kp_model.kptllm import KptLLMConfig, tiny_config
-from kp_model.train import TrainConfig, TrainSample
+from kp_model.kptllm.configuration import KptLLMConfig, tiny_config
+from kp_model.training.data import TrainSample
+from kp_model.training.finetune import FinetuneSettings, run_finetune
+from kp_model.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,37 +88,72 @@ def annotations_to_samples(tasks: list[dict], control: KeypointControl, fetch) -
     return [s for _, s in sorted(found, key=lambda pair: pair[0])]
 
 
-def _model_config(settings: Settings) -> tuple[KptLLMConfig, TrainConfig]:
+def read_train_config(settings: Settings) -> tuple[KptLLMConfig, TrainConfig]:
+    """The model and training configs of new fine-tuning runs: KPASSIST_TRAIN_CONFIG's ``{"model": KptLLMConfig,
+    "train": TrainConfig}`` (each optional) over the tiny preset, with KPASSIST_TRAIN_STEPS steps.
+
+    Raises:
+        ConfigError: the file is not JSON or names a key the configs do not have.
+    """
     train_cfg = TrainConfig(steps=settings.train_steps, log_every=max(1, settings.train_steps // 10))
     if not settings.train_config:
         return tiny_config(), train_cfg
-    data = json.loads(Path(settings.train_config).read_text())
+    where = f"KPASSIST_TRAIN_CONFIG ({settings.train_config})"
+    try:
+        data = json.loads(Path(settings.train_config).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{where} is not a readable JSON file: {exc}") from exc
+    if not isinstance(data, dict) or set(data) - {"model", "train"}:
+        raise ConfigError(f'{where} must be a JSON object with keys "model" and/or "train", got {sorted(data)}')
     if "train" in data:
-        train_cfg = TrainConfig.from_dict({"steps": settings.train_steps, **data["train"]})
-    return KptLLMConfig.from_dict(data.get("model", {})), train_cfg
+        train_cfg = config_from_dict(TrainConfig, {"steps": settings.train_steps, **data["train"]}, "train.")
+    return config_from_dict(KptLLMConfig, data.get("model", {}), "model."), train_cfg
 
 
-class _LockKeeper:
-    """Holds the project's Redis lock, renewing its TTL while the job lives (a killed worker's lock expires)."""
+class LockLostError(TrainingJobError):
+    """The project lock expired or was taken while the job ran: the job stops before it writes or serves anything more."""
+
+
+class LockKeeper:
+    """Holds the project's Redis lock, renewing its TTL every ttl/3 s while the job lives (a killed worker's lock
+    expires). A renewal that fails marks the lock lost; ``check()`` then raises LockLostError, and the job calls it
+    at every progress report and stage, so it stops before promoting without the lock. Releasing a lock that
+    already expired is logged, never raised: a job that finished is not failed for it."""
 
     def __init__(self, redis, name: str, ttl: int, wait_s: int) -> None:
         self.lock = redis.lock(name, timeout=ttl, blocking_timeout=wait_s, thread_local=False)
         self.ttl = ttl
+        self.lost = threading.Event()
         self._stop = threading.Event()
 
-    def __enter__(self) -> _LockKeeper:
+    def __enter__(self) -> LockKeeper:
         if not self.lock.acquire():
             raise TrainingJobError(f"another training job of this project held {self.lock.name} for too long")
-        threading.Thread(target=self._renew, daemon=True).start()
+        threading.Thread(target=self._renew, name="kpassist-lock-renew", daemon=True).start()
         return self
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):
-            self.lock.extend(self.ttl, replace_ttl=True)
+            try:
+                self.lock.extend(self.ttl, replace_ttl=True)
+            except (LockError, RedisError) as exc:
+                log.error("project lock %s lost (%s): the training job stops at its next check", self.lock.name, exc)
+                self.lost.set()
+                return
+
+    def check(self) -> None:
+        """Raises LockLostError once a renewal failed."""
+        if self.lost.is_set():
+            raise LockLostError(
+                f"lost the project lock {self.lock.name} (renewal failed): stopped; the served model is unchanged"
+            )
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self.lock.release()
+        try:
+            self.lock.release()
+        except LockError as err:  # expired (or taken) already: nothing of ours to release
+            log.warning("project lock %s had expired before release: %s", self.lock.name, err)
 
 
 def _job_logging() -> None:
@@ -131,11 +169,10 @@ def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
     settings = Settings.from_env()
     redis = redis_connection(settings.redis_url)
     _set_meta(stage="waiting for the project lock")
-    with _LockKeeper(redis, lock_key(settings.queue_name, project), settings.lock_ttl, settings.job_timeout):
+    with LockKeeper(redis, lock_key(settings.queue_name, project), settings.lock_ttl, settings.job_timeout) as keeper:
         redis.delete(pending_key(settings.queue_name, project))  # events from now on queue a new job
         events = EventLog(data_dir, project)
-        seen = events.count()
-        events.update_state(started_after=seen)
+        seen = events.mark_run_started()
         _set_meta(stage="reading annotations")
         service = PredictionService(replace(settings, data_dir=data_dir))
         conn = service.connection(ls_url)
@@ -147,7 +184,7 @@ def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
         if not samples:
             raise TrainingJobError(f"project {project} has no annotation with keypoints of {controls[0].from_name}")
         _fault("read")
-        model_cfg, train_cfg = _model_config(settings)
+        model_cfg, train_cfg = read_train_config(settings)
         t0 = time.time()
 
         def progress(report: dict) -> None:
@@ -161,8 +198,10 @@ def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
                 report["eta_s"],
             )
             _fault("train")
+            keeper.check()
 
         def stage(name: str) -> None:
+            keeper.check()
             _set_meta(stage=name)
             _fault(name)
 
@@ -172,8 +211,7 @@ def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
         record = run_finetune(
             samples,
             project_store(data_dir, project),
-            FinetuneSettings(model_cfg, train_cfg, salt=str(project), promote=settings.promote),
-            service.default_predictor,
+            FinetuneSettings(model_cfg, train_cfg, service.predictor_cfg, salt=str(project), promote=settings.promote),
             progress=progress,
             stage=stage,
             info={"project": project, "job_id": job.id if job else None, "queued_events_seen": seen},

@@ -15,6 +15,7 @@ import numpy as np
 from backend.convert import AnnotationFormatError, percent_to_pixels, regions_to_points
 from backend.label_config import KeypointControl
 from kp_model.images import ImageLoadError
+from kp_model.kptllm.predictor import KptLLMPredictor
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +32,16 @@ class LabelChecker:
         """Check in the background when the project serves a fine-tuned model (the default engine cannot describe)."""
         if self.service.served_version(project) is None:
             return None
-        return self._pool.submit(self._check, project, task, annotation, controls, conn)
+        future = self._pool.submit(self._check, project, task, annotation, controls, conn)
+        future.add_done_callback(lambda done: _log_failure(done, project, annotation.get("id")))
+        return future
 
     def _check(self, project: int, task: dict, annotation: dict, controls: list[KeypointControl], conn) -> list[dict]:
         found = []
         try:
-            model = self.service.served_model(project)
-            if model is None:
+            predictor = self.service.served_predictor(project)
+            if not isinstance(predictor, KptLLMPredictor):  # the default engine cannot read what is at a point
                 return []
-            from kp_model.kptllm_predictor import KptLLMPredictor
-
-            predictor = KptLLMPredictor(model)
             for control in controls:
                 points = regions_to_points(annotation.get("result") or [], control)
                 ref = (task.get("data") or {}).get(control.image_field)
@@ -74,3 +74,16 @@ class LabelChecker:
     def warnings(self, project: int) -> list[dict]:
         with self._lock:
             return list(self._warnings.get(project, ()))
+
+
+def _log_failure(done: Future, project: int, annotation_id: object) -> None:
+    """A check that raised is logged with its traceback (a background thread's failure must not vanish)."""
+    exc = done.exception()
+    if exc is not None:
+        log.error(
+            "project %s: label check of annotation %s failed: %s",
+            project,
+            annotation_id,
+            exc,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )

@@ -1,10 +1,9 @@
-"""The Label Studio model class, written in the label-studio-ml 2.x style on top of 1.0.9's base."""
+"""The Label Studio model class, in the label-studio-ml 2.x shape (``predict(tasks, context)``, ``fit(event, data)``),
+with no base class: the HTTP layer is backend.app."""
 
 from __future__ import annotations
 
 import logging
-
-from label_studio_ml.model import LabelStudioMLBase
 
 from backend.events import TRAIN_EVENTS
 from backend.label_config import parse_keypoint_controls
@@ -13,10 +12,10 @@ from backend.service import PredictionService
 log = logging.getLogger(__name__)
 
 
-class KeypointModel(LabelStudioMLBase):
+class KeypointModel:
     """One-shot keypoint pre-labelling for one project's labelling config.
 
-    Built by backend.compat for each (project, config); the heavy state (support features, clients)
+    Built by backend.app for each (project, config); the heavy state (support features, clients)
     lives in the shared :class:`PredictionService`, so rebuilding this object is cheap.
 
     Raises:
@@ -25,17 +24,15 @@ class KeypointModel(LabelStudioMLBase):
 
     def __init__(
         self,
-        label_config: str | None = None,
-        train_output: dict | None = None,
+        label_config: str,
         *,
         service: PredictionService,
         project: int | None = None,
         hostname: str = "",
         access_token: str = "",
-        **kwargs: object,
     ) -> None:
+        self.label_config = label_config
         self.controls = parse_keypoint_controls(label_config or "")
-        super().__init__(label_config=label_config, train_output=train_output, hostname=hostname, access_token=access_token)
         self.service = service
         self.project = project
         self.connection = service.connection(hostname, access_token)
@@ -52,9 +49,10 @@ class KeypointModel(LabelStudioMLBase):
         return results
 
     def fit(self, event: str, data: dict, **kwargs: object) -> dict:
-        """Webhook events. Annotation changes drop the cached support (the next /predict re-reads it), are
-        recorded durably and may queue a fine-tuning job (backend.training_queue); created/updated annotations
-        get a left/right label check when a fine-tuned model is served (backend.label_check)."""
+        """Webhook events. Annotation changes are recorded durably and may queue a fine-tuning job
+        (backend.training_queue); created/updated annotations get a left/right label check when a fine-tuned model
+        is served (backend.label_check). The support cache needs no invalidation: its key holds the annotation's
+        id and updated_at, so the next /predict rebuilds a support only when its annotation changed."""
         project = self.project
         if project is None:
             project = _project_of(data)
@@ -62,7 +60,6 @@ class KeypointModel(LabelStudioMLBase):
             return {"status": "ignored", "event": event}
         if project is None:
             return {"status": "ignored", "event": event, "reason": "no project id in the event"}
-        self.service.supports.invalidate(project)
         annotation = data.get("annotation") if isinstance(data.get("annotation"), dict) else {}
         task = data.get("task") if isinstance(data.get("task"), dict) else {}
         ann_id = annotation.get("id") if isinstance(annotation.get("id"), int) else None

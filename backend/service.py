@@ -9,19 +9,25 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from backend.convert import points_to_regions
 from backend.events import project_dir
 from backend.fetch import ImageFetcher
+from backend.label_check import LabelChecker
 from backend.label_config import KeypointControl
 from backend.ls_client import LabelStudioClient, LabelStudioError
 from backend.settings import Settings
 from backend.support import SupportCache, SupportRef, select_support
+from kp_model.build import ModelCache, PredictorConfig, build_predictor
 from kp_model.images import ImageLoadError
-from kp_model.predictor import PredictorConfig, SupportError, build_predictor
-from kp_model.store import ModelStore, StoreError
+from kp_model.predictor import Predictor, SupportError
+from kp_model.training.store import ModelStore, StoreError
+
+if TYPE_CHECKING:
+    from backend.training_queue import TrainingQueue
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,7 @@ class Connection:
 
 
 def project_store(data_dir: str | Path, project: int) -> ModelStore:
-    """The project's fine-tuned versions (kp_model.store) under the backend's data directory."""
+    """The project's fine-tuned versions (kp_model.training.store) under the backend's data directory."""
     return ModelStore(project_dir(data_dir, project) / "model")
 
 
@@ -51,22 +57,16 @@ class PredictionService:
         self.predictor_cfg = predictor_cfg or (
             PredictorConfig.from_file(settings.engine_config) if settings.engine_config else PredictorConfig()
         )
-        self.supports = SupportCache()
+        self.supports = SupportCache(settings.max_supports)
+        self.models = ModelCache(settings.max_loaded_models)  # fine-tuned checkpoints, shared by the supports using them
         self._connections: dict[tuple[str, str], Connection] = {}
         self._lock = threading.Lock()
-        self._models: dict[str, object] = {}  # loaded fine-tuned checkpoints, shared by the supports using them
-        self.training = None  # TrainingQueue, set by the app (None: events are recorded nowhere, no training)
-        from backend.label_check import LabelChecker
-
+        self.training: TrainingQueue | None = None  # set by the app (None: events are recorded nowhere, no training)
         self.label_checks = LabelChecker(self)
 
     @property
     def engine_version(self) -> str:
         return self.predictor_cfg.version
-
-    def default_predictor(self) -> object:
-        """A new predictor of the configured default engine (KPASSIST_ENGINE_CONFIG)."""
-        return build_predictor(self.predictor_cfg)
 
     def served_version(self, project: int | None) -> str | None:
         """The project's promoted fine-tuned version (read on every call: promotions need no restart), or None
@@ -79,36 +79,20 @@ class PredictionService:
             log.error("project %s: %s; serving the default engine", project, exc)
             return None
 
-    def engine(self, project: int | None) -> tuple[str, Callable[[], object]]:
+    def engine(self, project: int | None) -> tuple[str, Callable[[], Predictor]]:
         """(version, predictor factory) served for ``project``: its promoted fine-tuned version if any, else the
         configured default engine."""
         served = self.served_version(project)
-        if served is None:
-            return self.engine_version, self.default_predictor
+        if served is None or project is None:
+            return self.engine_version, lambda: build_predictor(self.predictor_cfg)
+        cfg = project_store(self.settings.data_dir, project).predictor_config(self.predictor_cfg, served)
+        return f"kptllm-p{project}-{served}", lambda: build_predictor(cfg, self.models)
 
-        def make() -> object:
-            from kp_model.kptllm_predictor import KptLLMPredictor
-
-            return KptLLMPredictor(self._load(project, served))
-
-        return f"kptllm-p{project}-{served}", make
-
-    def _load(self, project: int, version: str):
-        from kp_model.checkpoint import load_checkpoint
-
-        path = project_store(self.settings.data_dir, project).checkpoint_dir(version)
-        with self._lock:
-            model = self._models.get(str(path))
-            if model is None:
-                t0 = time.perf_counter()
-                model = self._models[str(path)] = load_checkpoint(path)
-                log.info("loaded fine-tuned version %s in %.2fs", path, time.perf_counter() - t0)
-            return model
-
-    def served_model(self, project: int):
-        """The project's served fine-tuned KptLLM model, or None while the default engine is served."""
-        served = self.served_version(project)
-        return None if served is None else self._load(project, served)
+    def served_predictor(self, project: int) -> Predictor | None:
+        """A new predictor of the project's served fine-tuned version, or None while the default engine is served."""
+        if self.served_version(project) is None:
+            return None
+        return self.engine(project)[1]()
 
     def connection(self, hostname: str = "", access_token: str = "") -> Connection:
         """Client + image fetcher for a Label Studio server (the /setup one, else the environment's)."""
@@ -189,11 +173,12 @@ class PredictionService:
         return results, self._version(refs, engine_version)
 
     def _predict_task(self, task: dict, supports: list, conn: Connection) -> dict | list:
+        """One task's prediction, or ``[]`` when it fails (logged): a bad image or an engine error costs that task only."""
         regions, scores = [], []
         images: dict[str, np.ndarray] = {}
         task_id = task.get("id") if isinstance(task, dict) else None
+        data = task.get("data") if isinstance(task, dict) else None
         for control, cached in supports:
-            data = task.get("data") if isinstance(task, dict) else None
             ref = data.get(control.image_field) if isinstance(data, dict) else None
             try:
                 if not isinstance(ref, str):
@@ -206,7 +191,11 @@ class PredictionService:
                 log.warning("task %s: skipped, %s", task_id, exc)
                 return []
             image = images[ref]
-            pred = cached.predictor.predict([image])[0]
+            try:
+                pred = cached.predictor.predict([image])[0]
+            except Exception:  # one task's engine failure must not fail the batch: logged with its traceback
+                log.exception("task %s: the %s engine failed on its image %s; no prediction", task_id, cached.engine_version, ref)
+                return []
             h, w = image.shape[:2]
             found = points_to_regions(pred.names, pred.points, pred.scores, w, h, control, self.settings.score_threshold)
             regions.extend(found)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from backend.convert import AnnotationFormatError, LabelledPoints, percent_to_pixels, regions_to_points
 from backend.label_config import KeypointControl
-from kp_model.predictor import KeypointPredictor
+from kp_model.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +88,19 @@ def select_support(tasks: Iterable[dict], control: KeypointControl) -> SupportRe
 @dataclass
 class CachedSupport:
     ref: SupportRef
-    predictor: KeypointPredictor
+    predictor: Predictor
     engine_version: str = ""
 
 
 class SupportCache:
     """Per (project, control) support predictors; rebuilt only when the support annotation or the served
-    engine version changes."""
+    engine version changes. At most ``max_items`` are kept, the least recently used dropped first."""
 
-    def __init__(self) -> None:
-        self._items: dict[tuple[int, str], CachedSupport] = {}
+    def __init__(self, max_items: int = 256) -> None:
+        if max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        self.max_items = max_items
+        self._items: OrderedDict[tuple[int, str], CachedSupport] = OrderedDict()
         self._lock = threading.Lock()  # guards the dicts; building a support holds only its key's lock
         self._key_locks: dict[tuple[int, str], threading.Lock] = {}
         self.builds = 0  # how many times support features were computed (observability, tests)
@@ -107,7 +111,7 @@ class SupportCache:
         control: KeypointControl,
         ref: SupportRef,
         load_image: Callable[[str], object],
-        make_predictor: Callable[[], KeypointPredictor],
+        make_predictor: Callable[[], Predictor],
         engine_version: str = "",
     ) -> CachedSupport:
         """Cached predictor for ``ref``, computing the support features if ``ref`` or ``engine_version`` is new.
@@ -119,7 +123,10 @@ class SupportCache:
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:  # one build per key at a time; other projects are not blocked
-            cached = self._items.get(key)
+            with self._lock:
+                cached = self._items.get(key)
+                if cached is not None:
+                    self._items.move_to_end(key)
             if cached is not None and cached.ref.key == ref.key and cached.engine_version == engine_version:
                 return cached
             image = load_image(ref.image_ref)
@@ -130,6 +137,10 @@ class SupportCache:
             with self._lock:
                 self.builds += 1
                 self._items[key] = cached
+                self._items.move_to_end(key)
+                while len(self._items) > self.max_items:
+                    dropped, _ = self._items.popitem(last=False)
+                    self._key_locks.pop(dropped, None)
             log.info(
                 "project %s: support set from annotation %s (task %s, %d keypoints)",
                 project,
@@ -139,10 +150,8 @@ class SupportCache:
             )
             return cached
 
-    def invalidate(self, project: int) -> None:
-        with self._lock:
-            for key in [k for k in self._items if k[0] == project]:
-                del self._items[key]
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def _parse_time(stamp: str) -> datetime:

@@ -9,7 +9,7 @@ from flask import Flask
 
 
 def create() -> Flask:
-    from backend.compat import create_app
+    from backend.app import create_app
 
     logging.basicConfig(
         level=os.environ.get("KPASSIST_LOG_LEVEL", "INFO").upper(),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kp_model.evaluation.metrics import reference_box
+
 
 class DatasetError(ValueError):
     """A dataset folder or its annotations.json is missing or malformed."""
@@ -16,14 +18,19 @@ class DatasetError(ValueError):
 @dataclass
 class Instance:
     """One annotated object. keypoints: (K, 3) x, y (px), v (0 missing, 1 occluded, 2 visible);
-    bbox: (x, y, w, h) px."""
+    bbox: the annotated (x, y, w, h) px, None when the file has none."""
 
     keypoints: np.ndarray
-    bbox: tuple[float, float, float, float]
+    bbox: tuple[float, float, float, float] | None
 
     @property
     def visible(self) -> np.ndarray:
         return self.keypoints[:, 2] > 0
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """The reference box errors are normalised by (kp_model.evaluation.metrics.reference_box)."""
+        return reference_box(self.keypoints[:, :2], self.visible, self.bbox)
 
 
 @dataclass
@@ -62,8 +69,8 @@ def load_coco_keypoints(folder: str | Path) -> list[Sample]:
             )
         if not (kps[:, 2] > 0).any():
             continue
-        bbox = ann.get("bbox") or _bbox_of(kps)
-        by_image.setdefault((ann["image_id"], cat["id"]), []).append(Instance(kps, tuple(float(b) for b in bbox)))
+        bbox = tuple(float(b) for b in ann["bbox"]) if ann.get("bbox") else None
+        by_image.setdefault((ann["image_id"], cat["id"]), []).append(Instance(kps, bbox))
     samples = []
     for img in images:
         for (image_id, cat_id), instances in by_image.items():
@@ -81,10 +88,3 @@ def load_coco_keypoints(folder: str | Path) -> list[Sample]:
                 )
             )
     return samples
-
-
-def _bbox_of(kps: np.ndarray) -> tuple[float, float, float, float]:
-    vis = kps[kps[:, 2] > 0, :2]
-    x0, y0 = vis.min(axis=0)
-    x1, y1 = vis.max(axis=0)
-    return float(x0), float(y0), float(x1 - x0), float(y1 - y0)

@@ -20,7 +20,7 @@ def mouse_dir() -> Path:
     return MOUSE
 
 
-def blob_image(
+def _blob_image(
     width: int = 160, height: int = 120, centre: tuple[float, float] = (60, 50), angle: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """A textured asymmetric object on a plain background and its 3 keypoints (px)."""
@@ -37,6 +37,68 @@ def blob_image(
     cv2.circle(img, tuple(int(v) for v in pts[0]), 6, (230, 40, 40), -1)
     cv2.circle(img, tuple(int(v) for v in pts[1]), 4, (40, 200, 40), -1)
     return img, pts
+
+
+BLOB_NAMES = ["nose", "left_ear", "right_ear"]  # the blob's 3 keypoints, in order
+
+
+@pytest.fixture(scope="session")
+def blob_image():
+    """blob_image(width, height, centre, angle) -> (image (H, W, 3) uint8, keypoints (3, 2) px): a synthetic object."""
+    return _blob_image
+
+
+@pytest.fixture(scope="session")
+def blob_names() -> list[str]:
+    return list(BLOB_NAMES)
+
+
+@pytest.fixture(scope="session")
+def blob_sample():
+    """blob_sample(centre) -> a TrainSample of the blob at ``centre`` (key "<centre>")."""
+    from kp_model.training.data import TrainSample
+
+    def make(centre: tuple[float, float] = (60, 50), key: str | None = None) -> TrainSample:
+        img, pts = _blob_image(centre=centre)
+        return TrainSample(img, pts, np.ones(3, bool), list(BLOB_NAMES), "blob", key or f"{centre}")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def blob_samples(blob_sample):
+    """blob_samples(n) -> n TrainSamples of the blob moving right and down; keys "<i>/<100 + i>" (image/annotation)."""
+    return lambda n: [blob_sample((50 + 8 * i, 45 + 4 * i), f"{i}/{100 + i}") for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def small_config():
+    """small_config(**overrides) -> a KptLLMConfig smaller than the tiny preset (fast CPU tests)."""
+    from kp_model.kptllm.configuration import KptLLMConfig
+    from kp_model.kptllm.llm import LLMConfig
+    from kp_model.kptllm.vision import VisionConfig
+
+    def make(**kw) -> KptLLMConfig:
+        return KptLLMConfig(
+            vision=VisionConfig(image_size=64, hidden_size=32, heads=2), llm=LLMConfig(hidden_size=32, heads=2), **kw
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_model(small_config):
+    """small_model(**overrides) -> a new KptLLM of small_config whose tokenizer knows the blob's texts."""
+    import torch
+
+    from kp_model.kptllm.checkpoint import build_model
+    from kp_model.kptllm.semantics import semantic_text
+
+    def make(**kw):
+        torch.manual_seed(0)
+        return build_model(small_config(**kw), vocab_texts=[semantic_text(n, "blob") for n in BLOB_NAMES])
+
+    return make
 
 
 @pytest.fixture()
@@ -57,11 +119,13 @@ def mouse_overfit(mouse_dir: Path):
     Shared by the overfitting test and the backend's label-check test (about 45 s on 2 cores)."""
     import torch
 
-    from kp_model.augment import AugmentConfig
     from kp_model.coco import load_coco_keypoints
-    from kp_model.kptllm import build_model, tiny_config
-    from kp_model.semantics import semantic_text
-    from kp_model.train import TrainConfig, samples_from_coco, train
+    from kp_model.kptllm.checkpoint import build_model
+    from kp_model.kptllm.configuration import tiny_config
+    from kp_model.kptllm.semantics import semantic_text
+    from kp_model.training.augment import AugmentConfig
+    from kp_model.training.data import samples_from_coco
+    from kp_model.training.loop import TrainConfig, train
 
     idx = [0, 30, 60, 90]
     samples = samples_from_coco(mouse_dir, indices=idx)

@@ -1,4 +1,4 @@
-"""``kpassist serve`` (fix 7 of backend.compat): runs this interpreter's gunicorn and exits non-zero on failure."""
+"""``kpassist serve``: runs this interpreter's gunicorn and exits non-zero on failure."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.devservers import free_port
+from bench.devservers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import label_config
-from backend.compat import create_app
+from backend.app import create_app
 from backend.convert import AnnotationFormatError, points_to_regions, regions_to_points
 from backend.label_config import KeypointControl
 from backend.settings import Settings
+from backend.support import SupportRef
 
 CONTROL = KeypointControl("kp", "image", "image", ("snout", "leftear", "rightear", "tailbase"))
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8)
@@ -66,24 +67,39 @@ def test_points_to_regions_stay_inside_the_image(xy: list, scores: list, width: 
         assert r["score"] >= 0.1
 
 
-_app_cache: dict = {}
+@pytest.fixture(scope="module")
+def fuzz_app(tmp_path_factory, blob_image, local_service) -> dict:
+    """One app for all examples, its support set on a local blob image, so /predict reaches the engine."""
+    import cv2
+
+    tmp = tmp_path_factory.mktemp("fuzz")
+    image, pts = blob_image()
+    cv2.imwrite(str(tmp / "s.png"), image[..., ::-1])
+    pct = tuple((float(x) * 100 / 160, float(y) * 100 / 120) for x, y in pts)
+    support = SupportRef(1, "2026-01-01T00:00:00Z", 1, str(tmp / "s.png"), ("snout", "leftear", "rightear"), pct)
+    settings = Settings(data_dir=str(tmp / "var"), local_root=str(tmp), queue_name="kpassist-fuzz")
+    app = create_app(settings, local_service(settings, support))
+    return {"client": app.test_client(), "image": str(tmp / "s.png"), "service": app.extensions["kpassist"]["service"]}
 
 
-def _client(tmp: Path):
-    if "client" not in _app_cache:
-        _app_cache["client"] = create_app(Settings(data_dir=str(tmp))).test_client()
-    return _app_cache["client"]
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from(["/predict", "/setup", "/webhook", "/versions", "/train"]), body=json_values)
-def test_endpoints_answer_4xx_not_5xx_on_any_json(tmp_path: Path, path: str, body: object) -> None:
-    resp = _client(tmp_path).post(path, json=body)
+@settings(max_examples=60, deadline=None)
+@given(path=st.sampled_from(["/predict", "/setup", "/webhook", "/versions"]), body=json_values)
+def test_endpoints_answer_4xx_not_5xx_on_any_json(fuzz_app: dict, path: str, body: object) -> None:
+    resp = fuzz_app["client"].post(path, json=body)
     assert resp.status_code < 500, (path, body, resp.json)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(tasks=st.lists(st.dictionaries(st.sampled_from(["id", "data", "project"]), json_values, max_size=3), max_size=4))
-def test_predict_with_odd_tasks(tmp_path: Path, tasks: list) -> None:
-    resp = _client(tmp_path).post("/predict", json={"tasks": tasks, "label_config": label_config.read("mouse_topview_4")})
-    assert resp.status_code < 500 and (resp.status_code != 200 or len(resp.json["results"]) == len(tasks))
+@settings(max_examples=40, deadline=None)
+@given(
+    odd=st.lists(st.dictionaries(st.sampled_from(["id", "data", "project"]), json_values, max_size=3), max_size=4),
+    at=st.integers(0, 4),
+)
+def test_predict_with_odd_tasks_beside_a_good_one(fuzz_app: dict, odd: list, at: int) -> None:
+    good = {"id": 99, "data": {"image": fuzz_app["image"]}}
+    tasks = [*odd[:at], good, *odd[at:]]
+    config = label_config.read("mouse_topview_4")
+    resp = fuzz_app["client"].post("/predict", json={"tasks": tasks, "project": "1.1", "label_config": config})
+    assert resp.status_code == 200 and len(resp.json["results"]) == len(tasks)
+    reached = resp.json["results"][min(at, len(odd))]
+    assert reached["result"], "the good task must reach the engine and get keypoints"
+    assert fuzz_app["service"].supports.builds == 1  # the support was set once and reused

@@ -3,19 +3,19 @@ labels are swapped, a warning logged and listed at /kpassist/projects/<id>/warni
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import pytest
 
 import label_config
-from backend.compat import create_app
+from backend.app import create_app
 from backend.convert import pixels_to_percent
+from backend.label_check import LabelChecker
 from backend.service import project_store
 from backend.settings import Settings
-from kp_model.checkpoint import save_checkpoint
-
-pytestmark = pytest.mark.slow
+from kp_model.kptllm.checkpoint import save_checkpoint
 
 
 def regions(points, names, w: int, h: int) -> list[dict]:
@@ -28,6 +28,7 @@ def regions(points, names, w: int, h: int) -> list[dict]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_swapped_left_right_labels_are_flagged(tmp_path: Path, mouse_overfit, mouse_dir: Path, queue_name: str) -> None:
     model, samples, _ = mouse_overfit
     settings = Settings(data_dir=str(tmp_path / "var"), local_root=str(mouse_dir / "images"), queue_name=queue_name)
@@ -55,3 +56,23 @@ def test_swapped_left_right_labels_are_flagged(tmp_path: Path, mouse_overfit, mo
         time.sleep(0.2)
     assert [(w["annotation"], w["labels"]) for w in warnings] == [(2, ["leftear", "rightear"])]
     assert "look swapped" in warnings[0]["message"]
+
+
+def test_a_check_that_raises_is_logged_not_lost(caplog) -> None:
+    class BrokenService:  # serves a version whose checkpoint cannot be loaded
+        def served_version(self, project: int) -> str:
+            return "v0001"
+
+        def served_predictor(self, project: int):
+            raise RuntimeError("checkpoint v0001 is unreadable")
+
+    checker = LabelChecker(BrokenService())
+    with caplog.at_level(logging.ERROR, logger="backend.label_check"):
+        future = checker.submit(4, {"id": 5}, {"id": 6, "result": []}, [], conn=None)
+        with pytest.raises(RuntimeError):
+            future.result(timeout=10)
+        deadline = time.monotonic() + 5
+        while not caplog.records and time.monotonic() < deadline:  # the done-callback runs right after the result
+            time.sleep(0.01)
+    [record] = caplog.records
+    assert "label check of annotation 6 failed" in record.getMessage() and record.exc_info is not None

@@ -2,8 +2,7 @@ import numpy as np
 
 from backend.label_config import KeypointControl
 from backend.support import SupportCache, SupportRef, select_support
-from kp_model.predictor import PredictorConfig, build_predictor
-from tests.conftest import blob_image
+from kp_model.build import PredictorConfig, build_predictor
 
 CONTROL = KeypointControl("kp", "image", "image", ("a", "b", "c"))
 
@@ -60,7 +59,7 @@ def test_no_annotation_means_no_support() -> None:
     assert select_support([], CONTROL) is None
 
 
-def test_cache_rebuilds_only_when_the_annotation_changes() -> None:
+def test_cache_rebuilds_only_when_the_annotation_changes(blob_image) -> None:
     image, pts = blob_image()
     h, w = image.shape[:2]
     pct = tuple((float(x) * 100 / w, float(y) * 100 / h) for x, y in pts)
@@ -80,8 +79,22 @@ def test_cache_rebuilds_only_when_the_annotation_changes() -> None:
     assert cache.get(1, CONTROL, ref, load, make, "e1") is first and cache.builds == 1
     changed = SupportRef(5, "t2", 1, "img", ("a", "b", "c"), pct)
     assert cache.get(1, CONTROL, changed, load, make, "e1") is not first and cache.builds == 2
-    cache.invalidate(1)
-    cache.get(1, CONTROL, changed, load, make, "e1")
-    assert cache.builds == 3 and len(loads) == 3
     cache.get(1, CONTROL, changed, load, make, "e2")  # a newly promoted model: the support is rebuilt with it
-    assert cache.builds == 4
+    assert cache.builds == 3 and len(loads) == 3
+
+
+def test_cache_is_bounded_least_recently_used_first(blob_image) -> None:
+    image, pts = blob_image()
+    pct = tuple((float(x) * 100 / 160, float(y) * 100 / 120) for x, y in pts)
+    cache = SupportCache(max_items=2)
+
+    def get(project: int) -> object:
+        ref = SupportRef(project, "t", 1, "img", ("a", "b", "c"), pct)
+        return cache.get(project, CONTROL, ref, lambda r: image, lambda: build_predictor(PredictorConfig()), "e")
+
+    get(1), get(2), get(1), get(3)  # 2 is the least recently used when 3 arrives
+    assert len(cache) == 2 and cache.builds == 3
+    get(1)
+    assert cache.builds == 3  # still cached
+    get(2)
+    assert cache.builds == 4  # was dropped

@@ -13,11 +13,13 @@ from redis import Redis
 from rq import Queue
 
 import label_config
-from backend.compat import create_app
-from backend.devservers import free_port
+from backend.app import create_app
 from backend.events import EventLog
 from backend.settings import Settings
 from backend.training_queue import clear_namespace
+from bench.devservers import free_port
+
+pytestmark = pytest.mark.redis
 
 CONFIG = label_config.read("mouse_topview_4")
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import label_config
-from backend.devservers import LabelStudioAPI, kpassist_backend, label_studio
-from kp_model.metrics import pck
+from bench.devservers import LabelStudioAPI, kpassist_backend, label_studio
+from kp_model.evaluation.metrics import pck
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -19,15 +19,15 @@ from redis import Redis
 from rq import Queue
 
 import label_config
-from backend.compat import create_app
-from backend.devservers import REPO, LabelStudioAPI, label_studio
+from backend.app import create_app
 from backend.jobs import FAULT_STAGES
 from backend.service import project_store
 from backend.settings import Settings
-from kp_model.checkpoint import load_checkpoint
-from kp_model.finetune import not_worse
+from bench.devservers import REPO, LabelStudioAPI, label_studio
+from kp_model.kptllm.checkpoint import load_checkpoint
+from kp_model.training.finetune import not_worse
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.redis]
 
 FRAMES = ["img0000.png", "img0020.png", "img0040.png", "img0060.png", "img0080.png", "img0100.png"]
 CONFIG = label_config.read("mouse_topview_4")

@@ -1,0 +1,1 @@
+"""The Label Studio ML backend: HTTP app, LS JSON <-> arrays, supports, webhooks, RQ jobs."""

@@ -1,0 +1,170 @@
+"""``kpassist bench ...`` (also ``python -m bench.cli ...``): benchmarks that write JSON reports (and PNG figures).
+Every figure in the README comes from one of these commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("kpassist.bench")
+
+
+def bench_oneshot(args: argparse.Namespace) -> int:
+    from bench.oneshot import markdown_table, run_oneshot_bench
+
+    report = run_oneshot_bench(
+        Path(args.data), args.folders, args.max_queries, args.config, args.protocol, args.max_supports, args.kptllm_checkpoint
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    table = markdown_table(report)
+    Path(args.out).with_suffix(".md").write_text(table + "\n")
+    if not args.no_plots:
+        from bench.plots import overlay_grid, pck_bars
+
+        out = Path(args.out)
+        pck_bars(report, out.with_name(out.stem + "-pck.png"))
+        data = Path(args.data)
+        folders = [data] if (data / "annotations.json").is_file() else [data / name for name in report["folders"]]
+        overlay_grid(folders[:8], out.with_name(out.stem + "-overlays.png"))
+        log.info("plots written beside %s", out)
+    print(table)
+    log.info("report written to %s", args.out)
+    return 0
+
+
+def _write(report: dict, out: str) -> Path:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    log.info("report written to %s", path)
+    return path
+
+
+def _speed_report(data: Path, repeats: int, load_seconds: float, kptllm_checkpoint: str | None) -> dict:
+    import tempfile
+
+    from bench.http import run_http_bench
+    from bench.machine import machine_info
+    from bench.scale import run_scale_bench
+    from kp_model.build import PredictorConfig, build_predictor
+
+    engines = {"oneshot": lambda: build_predictor(PredictorConfig())}
+    if kptllm_checkpoint:
+        cfg = PredictorConfig(engine="kptllm", checkpoint=kptllm_checkpoint)
+        engines["kptllm"] = lambda: build_predictor(cfg)
+    report: dict = {"machine": machine_info()}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kpassist-bench-") as tmp:
+        report["http"] = run_http_bench(data, Path(tmp), repeats, load_seconds)
+    report["scale"] = run_scale_bench(data, engines)
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def bench_speed(args: argparse.Namespace) -> int:
+    from bench.plots import scale_plot
+
+    report = _speed_report(Path(args.data), args.repeats, args.load_seconds, args.kptllm_checkpoint)
+    path = _write(report, args.out)
+    scale_plot(report["scale"], path.with_name(path.stem + "-scale.png"))
+    print(json.dumps(report["http"]["predict_latency"], indent=2))
+    return 0
+
+
+def bench_all(args: argparse.Namespace) -> int:
+    from bench.oneshot import markdown_table, run_oneshot_bench
+    from bench.plots import overlay_grid, pck_bars, scale_plot
+
+    t0 = time.perf_counter()
+    data = Path(args.data)
+    accuracy = run_oneshot_bench(data, None, args.max_queries, None, "all-pairs", 5, args.kptllm_checkpoint)
+    report = {"accuracy": accuracy, **_speed_report(data, 10, 60.0, args.kptllm_checkpoint)}
+    report["seconds"] = time.perf_counter() - t0
+    path = _write(report, args.out)
+    path.with_suffix(".md").write_text(markdown_table(accuracy) + "\n")
+    pck_bars(accuracy, path.with_name(path.stem + "-pck.png"))
+    overlay_grid([data / name for name in accuracy["folders"]][:8], path.with_name(path.stem + "-overlays.png"))
+    scale_plot(report["scale"], path.with_name(path.stem + "-scale.png"))
+    print(markdown_table(accuracy))
+    return 0
+
+
+def bench_finetune(args: argparse.Namespace) -> int:
+    from bench.finetune import run_finetune_bench
+
+    out = Path(args.out)
+    save_to = out.with_name(out.stem + "-checkpoint") if args.save_checkpoint else None
+    if save_to is not None and save_to.exists():
+        import shutil
+
+        shutil.rmtree(save_to)
+    report = run_finetune_bench(Path(args.data), args.frames, args.steps, save_to=save_to)
+    _write(report, args.out)
+    print(json.dumps({k: report[k] for k in ("train_seconds", "peak_rss_mb_training", "scores")}, indent=2))
+    return 0
+
+
+def bench_loop(args: argparse.Namespace) -> int:
+    from bench.loop import plot_loop, run_loop_bench
+
+    report = run_loop_bench(Path(args.data), tuple(args.k), args.steps)
+    path = _write(report, args.out)
+    plot_loop(report, path.with_suffix(".png"))
+    for p in report["points"]:
+        served, cand = p["served_pck@0.2"], p["candidate_pck@0.2"]
+        print(f"k={p['k']:>3}  served {served:.3f}  candidate {cand:.3f}  retrain {p['retrain_seconds']:.0f}s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="kpassist bench", description="kpassist benchmarks (JSON reports)")
+    bench = parser.add_subparsers(dest="bench", required=True)
+    b = bench.add_parser("oneshot", help="one-shot PCK of the default engine vs copying the support, per COCO folder")
+    b.add_argument("--data", default="../shared/data", help="folder of COCO keypoint folders, or one such folder")
+    b.add_argument("--folders", nargs="*", default=None, help="only these sub-folders")
+    b.add_argument("--max-queries", type=int, default=None, help="at most this many queries per category")
+    b.add_argument("--config", default=None, help="PredictorConfig JSON file (default: built-in)")
+    b.add_argument("--out", default="bench-out/oneshot.json")
+    b.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    b.add_argument("--protocol", choices=["first", "all-pairs"], default="first", help="support/query pairing")
+    b.add_argument("--max-supports", type=int, default=5, help="all-pairs: supports per category at most")
+    b.add_argument("--kptllm-checkpoint", default=None, help="also score the kptllm engine of this checkpoint")
+    b.set_defaults(func=bench_oneshot)
+    b = bench.add_parser("speed", help="/predict latency, throughput, load time, memory and a 60 s load test (real LS)")
+    b.add_argument("--data", default="../shared/data")
+    b.add_argument("--repeats", type=int, default=10)
+    b.add_argument("--load-seconds", type=float, default=60.0)
+    b.add_argument("--kptllm-checkpoint", default=None, help="also time the kptllm engine in the scale sweep")
+    b.add_argument("--out", default="bench-out/speed.json")
+    b.set_defaults(func=bench_speed)
+    b = bench.add_parser("all", help="accuracy (all pairs) + speed + memory + scale + load: the README's figures")
+    b.add_argument("--data", default="../shared/data")
+    b.add_argument("--max-queries", type=int, default=12, help="queries per support in large categories")
+    b.add_argument("--kptllm-checkpoint", default=None, help="also score and time the kptllm engine of this checkpoint")
+    b.add_argument("--out", default="bench-out/report.json")
+    b.set_defaults(func=bench_all)
+    b = bench.add_parser("finetune", help="train the tiny kptllm preset on n frames of a video folder, PCK on the rest")
+    b.add_argument("--data", default="../shared/data/dlc__openfield_mouse", help="one COCO keypoint folder")
+    b.add_argument("--frames", type=int, default=20, help="training frames, evenly spread")
+    b.add_argument("--steps", type=int, default=600)
+    b.add_argument("--save-checkpoint", action="store_true", help="keep the trained model beside the report")
+    b.add_argument("--out", default="bench-out/finetune.json")
+    b.set_defaults(func=bench_finetune)
+    b = bench.add_parser("loop", help="annotate-correct-retrain curve: PCK after k corrected frames, retraining time")
+    b.add_argument("--data", default="../shared/data/dlc__openfield_mouse", help="one COCO keypoint folder (a video)")
+    b.add_argument("--k", type=int, nargs="+", default=[1, 2, 5, 10, 20])
+    b.add_argument("--steps", type=int, default=300, help="optimiser steps per retraining (warm-started)")
+    b.add_argument("--out", default="bench-out/loop.json")
+    b.set_defaults(func=bench_loop)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The learned KptLLM-style model: configuration, modeling, tokenization, checkpoint, predictor."""

@@ -1,0 +1,1 @@
+"""Learning: training samples and augmentation, the training loop, fine-tuning runs and the versioned model store."""

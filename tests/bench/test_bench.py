@@ -1,0 +1,84 @@
+"""The benchmark report: schema and figures (numbers are not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backend.cli import main
+from tests.conftest import DATA
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_report_schema_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    assert (
+        main(["bench", "oneshot", "--data", str(DATA), "--folders", "mmpose__zebra_zebra", "mmpose__fly_fly", "--out", str(out)])
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert set(report) >= {"protocol", "engine_version", "engine_config", "machine", "seconds", "summary", "folders"}
+    assert set(report["machine"]) >= {"cpu", "cpus", "python", "numpy", "platform"}
+    assert set(report["folders"]) == {"mmpose__zebra_zebra", "mmpose__fly_fly"}
+    for engines in report["folders"].values():
+        assert set(engines) == {"oneshot", "copy"}
+        for metrics in engines.values():
+            assert set(metrics) >= {"pck@0.05", "pck@0.1", "pck@0.2", "mean_error", "pairs", "keypoints", "seconds_per_pair"}
+            assert 0 <= metrics["pck@0.2"] <= 1 and metrics["pairs"] == 1
+    assert set(report["summary"]) == {"all_folders", "mmpose_mean"}
+    assert out.with_suffix(".md").read_text().startswith("| set |")
+    for png in ("report-pck.png", "report-overlays.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_all_pairs_protocol_and_a_kptllm_column(tmp_path: Path) -> None:
+    from kp_model.kptllm.checkpoint import save_checkpoint
+    from tests.kp_model.test_kptllm import small_model
+
+    ckpt = save_checkpoint(small_model(), tmp_path / "ck")
+    out = tmp_path / "pairs.json"
+    args = ["bench", "oneshot", "--data", str(DATA), "--folders", "mmpose__zebra_zebra", "--protocol", "all-pairs"]
+    assert main([*args, "--kptllm-checkpoint", str(ckpt), "--no-plots", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    zebra = report["folders"]["mmpose__zebra_zebra"]
+    assert set(zebra) == {"oneshot", "copy", "kptllm"} and zebra["oneshot"]["pairs"] == 2  # 2 images: both directions
+    assert "each image in turn" in report["protocol"]
+    assert "kptllm PCK@0.2" in out.with_suffix(".md").read_text()
+
+
+def test_pairs_of_each_protocol() -> None:
+    from kp_model.coco import Sample
+    from kp_model.evaluation.protocol import one_shot_pairs
+
+    group = [Sample(Path(f"{i}.png"), 10, 10, "c", ["a"], []) for i in range(8)]
+    first = [(s.image_path.name, q.image_path.name) for s, q in one_shot_pairs(group)]
+    assert first == [("0.png", f"{i}.png") for i in range(1, 8)]
+    pairs = list(one_shot_pairs(group, max_queries=3, protocol="all-pairs", max_supports=4))
+    supports = sorted({s.image_path.name for s, _ in pairs})
+    assert len(supports) == 4 and len(pairs) == 12 and all(s is not q for s, q in pairs)
+    with pytest.raises(ValueError, match="protocol"):
+        list(one_shot_pairs(group, protocol="some"))
+
+
+def test_speed_and_loop_figures_from_report_shapes(tmp_path: Path) -> None:
+    import os
+
+    from bench.http import percentiles, process_tree_memory_mb
+    from bench.loop import plot_loop
+    from bench.plots import scale_plot
+
+    assert percentiles([1.0, 2.0, 3.0])["p50_s"] == 2.0
+    mem = process_tree_memory_mb(os.getpid())
+    assert mem["rss_mb"] > 0 and mem["peak_rss_mb"] >= mem["rss_mb"] and mem["processes"] >= 1
+    row = {"set_support_s": 1.0, "predict_median_s": 0.5, "rss_mb": 100.0, "peak_rss_mb": 120.0}
+    scale = {
+        "image_size": {"oneshot": [{"longer_side_px": s, **row} for s in (256, 512)]},
+        "keypoints": {"oneshot": [{"keypoints": 4, **row}]},
+    }
+    assert scale_plot(scale, tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    point = {"k": 1, "served_pck@0.2": 0.5, "candidate_pck@0.2": 0.4, "default_engine_pck@0.2": 0.5, "retrain_seconds": 10.0}
+    plot_loop({"points": [point, {**point, "k": 2}], "folder": "f", "machine": {"cpus": 2}}, tmp_path / "l.png")
+    assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"
