@@ -46,8 +46,9 @@ test: install lsvenv redis lint
 	KPASSIST_LS_VENV=$(abspath $(LSVENV)) $(VENV)/bin/python -m pytest -m "" tests
 
 # the README's figures: the 20-frame fine-tune (its checkpoint feeds the kptllm column), the retraining curve, then
-# accuracy (all pairs) + HTTP speed + memory + scale + 60 s load test (needs the Label Studio venv)
+# memory with 50 projects, then accuracy (all pairs) + HTTP speed + memory + scale + 60 s load test (needs the LS venv)
 bench: install lsvenv redis
 	$(VENV)/bin/kpassist bench finetune --save-checkpoint --out bench-out/finetune.json
 	$(VENV)/bin/kpassist bench loop --out bench-out/loop.json
+	$(VENV)/bin/kpassist bench models --out bench-out/models.json
 	KPASSIST_LS_VENV=$(abspath $(LSVENV)) $(VENV)/bin/kpassist bench all --kptllm-checkpoint bench-out/finetune-checkpoint --out bench-out/report.json

@@ -121,6 +121,19 @@ def bench_loop(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_models(args: argparse.Namespace) -> int:
+    from bench.models import run_models_bench
+
+    report = run_models_bench(Path(args.data), args.projects, tuple(args.caps))
+    _write(report, args.out)
+    for run in report["runs"]:
+        print(
+            f"{run['projects']} projects, max {run['max_loaded_models']} models: RSS {run['rss_mb_after_all_projects']:.0f} MB, "
+            f"{run['model_loads']} loads, {run['seconds_per_project_second_round']:.3f} s/project (2nd round)"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="kpassist bench", description="kpassist benchmarks (JSON reports)")
@@ -162,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--steps", type=int, default=300, help="optimiser steps per retraining (warm-started)")
     b.add_argument("--out", default="bench-out/loop.json")
     b.set_defaults(func=bench_loop)
+    b = bench.add_parser("models", help="RSS with many projects each serving its own fine-tuned version, per model cap")
+    b.add_argument("--data", default="../shared/data", help="folder holding dlc__openfield_mouse")
+    b.add_argument("--projects", type=int, default=50)
+    b.add_argument("--caps", type=int, nargs="+", default=[8, 50], help="KPASSIST_MAX_LOADED_MODELS values to compare")
+    b.add_argument("--out", default="bench-out/models.json")
+    b.set_defaults(func=bench_models)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

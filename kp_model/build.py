@@ -9,15 +9,14 @@ predictor = build_predictor(store.predictor_config(default), models=cache)      
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from kp_model.config import config_from_dict
+from kp_model.config import JsonConfig
 from kp_model.kptllm.checkpoint import load_checkpoint
 from kp_model.kptllm.modeling import KptLLM
 from kp_model.kptllm.predictor import KptLLMPredictor
@@ -31,7 +30,7 @@ ENGINES = ("oneshot", "kptllm")
 
 
 @dataclass(frozen=True)
-class PredictorConfig:
+class PredictorConfig(JsonConfig):
     engine: str = "oneshot"  # "oneshot": weight-free descriptor matching (runs anywhere); "kptllm": the learned model
     checkpoint: str = ""  # kptllm only: checkpoint directory (kp_model.kptllm.checkpoint.save_checkpoint)
     device: str = "cpu"  # kptllm only: torch device ("cpu", "cuda", "cuda:1")
@@ -46,14 +45,6 @@ class PredictorConfig:
             raise ValueError("checkpoint must name a kptllm checkpoint directory when engine is 'kptllm'")
         if self.mirror_margin < 0:
             raise ValueError(f"mirror_margin must be >= 0, got {self.mirror_margin}")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> PredictorConfig:
-        """Raises kp_model.config.ConfigError naming any unknown key."""
-        return config_from_dict(cls, json.loads(text))
 
     @classmethod
     def from_file(cls, path: str | Path) -> PredictorConfig:
@@ -103,13 +94,16 @@ class ModelCache:
 
 def build_predictor(cfg: PredictorConfig | None = None, models: ModelCache | None = None) -> Predictor:
     """A new predictor of ``cfg.engine`` (no support set yet). A kptllm model comes from ``models`` when given
-    (shared, bounded), else is loaded from ``cfg.checkpoint``.
+    (shared and bounded: the predictor asks the cache at each use and does not pin the model), else is loaded from
+    ``cfg.checkpoint`` and owned by the predictor.
 
     Raises:
         CheckpointError: the kptllm checkpoint is missing or does not match its config.
     """
     cfg = cfg or PredictorConfig()
     if cfg.engine == "kptllm":
-        model = models.get(cfg.checkpoint, cfg.device) if models is not None else load_checkpoint(cfg.checkpoint, cfg.device)
-        return KptLLMPredictor(model)
+        if models is None:
+            return KptLLMPredictor(load_checkpoint(cfg.checkpoint, cfg.device))
+        models.get(cfg.checkpoint, cfg.device)  # load now: a bad checkpoint fails here, not at the first predict
+        return KptLLMPredictor(lambda: models.get(cfg.checkpoint, cfg.device))
     return OneShotPredictor(cfg.oneshot, mirror=cfg.mirror, mirror_margin=cfg.mirror_margin)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from typing import Any, TypeVar
 
@@ -12,6 +13,24 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config dict has a key its dataclass does not know, or a value of the wrong kind."""
+
+
+class JsonConfig:
+    """Base of the config dataclasses: a JSON round trip, strict on unknown keys (``config_from_dict``)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> typing.Self:
+        return config_from_dict(cls, data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> typing.Self:
+        return cls.from_dict(json.loads(text))
 
 
 def config_from_dict(cls: type[T], data: object, where: str = "") -> T:

@@ -14,6 +14,14 @@ MOUSE = DATA / "dlc__openfield_mouse"
 
 
 @pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (or KPASSIST_SHARED_DATA): the real keypoint datasets."""
+    if not DATA.is_dir():
+        pytest.fail(f"real data missing: {DATA} (set KPASSIST_SHARED_DATA to the shared/data folder)")
+    return DATA
+
+
+@pytest.fixture(scope="session")
 def mouse_dir() -> Path:
     if not (MOUSE / "annotations.json").is_file():
         pytest.fail(f"real data missing: {MOUSE} (set KPASSIST_SHARED_DATA to the shared/data folder)")

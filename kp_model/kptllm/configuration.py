@@ -3,10 +3,9 @@ with the loss weights. Round-trips through JSON; unknown keys are an error (kp_m
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from kp_model.config import config_from_dict
+from kp_model.config import JsonConfig
 from kp_model.kptllm.keypoint_decoder import DecoderConfig
 from kp_model.kptllm.llm import LLMConfig
 from kp_model.kptllm.prompt_encoder import PromptEncoderConfig
@@ -14,7 +13,7 @@ from kp_model.kptllm.vision import VisionConfig
 
 
 @dataclass(frozen=True)
-class KptLLMConfig:
+class KptLLMConfig(JsonConfig):
     vision: VisionConfig = field(default_factory=VisionConfig)  # query/support image encoder
     prompt: PromptEncoderConfig = field(default_factory=PromptEncoderConfig)  # support keypoint -> prompt token
     llm: LLMConfig = field(default_factory=LLMConfig)  # causal LM + LoRA
@@ -33,21 +32,7 @@ class KptLLMConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> KptLLMConfig:
-        return config_from_dict(cls, data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> KptLLMConfig:
-        return cls.from_dict(json.loads(text))
-
 
 def tiny_config(**overrides) -> KptLLMConfig:
-    """The CPU preset: a 2-layer DINOv2 (224 px, 8 px patches) and a 2-layer 128-wide Llama, both from scratch."""
+    """The CPU preset: a 2-stage ResNet (224 px, features every 8 px) and a 2-layer 128-wide Llama, both from scratch."""
     return KptLLMConfig(**overrides)

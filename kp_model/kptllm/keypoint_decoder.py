@@ -3,17 +3,17 @@ features (soft-argmax of the attention, then a sub-patch offset), plus a visibil
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from kp_model.config import config_from_dict
+from kp_model.config import JsonConfig
 from kp_model.kptllm.prompt_encoder import fourier_encoding
 
 
 @dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(JsonConfig):
     dim: int = 128  # width of the attention query/keys
     fourier_bands: int = 6  # position encoding added to the patch keys
     max_offset: float = 1.0  # largest refinement step, in patches
@@ -25,13 +25,6 @@ class DecoderConfig:
             raise ValueError(f"fourier_bands must be >= 1, got {self.fourier_bands}")
         if self.max_offset < 0:
             raise ValueError(f"max_offset must be >= 0, got {self.max_offset}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DecoderConfig:
-        return config_from_dict(cls, data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class KeypointDecoder(nn.Module):

@@ -8,11 +8,11 @@ word-level tokenizer (``kp_model.kptllm.tokenization.build_tiny_tokenizer``) for
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from torch import nn
 
-from kp_model.config import config_from_dict
+from kp_model.config import JsonConfig
 from kp_model.kptllm.tokenization import SPECIAL_TOKENS, build_tiny_tokenizer
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ class LLMLoadError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class LLMConfig:
+class LLMConfig(JsonConfig):
     name_or_path: str = ""  # transformers causal-LM dir or hub id; "" = tiny Llama built from this config
     hidden_size: int = 128  # tiny preset only: model width
     layers: int = 2  # tiny preset only: decoder layers
@@ -49,13 +49,6 @@ class LLMConfig:
             raise ValueError("lora_targets must name at least one module")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LLMConfig:
-        return config_from_dict(cls, data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def load_tokenizer(cfg: LLMConfig, path: str = "", vocab_texts: list[str] | None = None):

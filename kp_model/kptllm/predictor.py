@@ -11,6 +11,7 @@ texts = predictor.describe(image, np.array([[x, y]]))          # ["left ear of a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,12 +35,25 @@ class LabelWarning:
 
 
 class KptLLMPredictor:
-    def __init__(self, model: KptLLM, category: str | None = None) -> None:
-        self.model = model.eval()
-        self.category = category or model.cfg.category
-        self.size = model.cfg.vision.image_size
+    """``model``: the model, or a function returning it (kp_model.build.ModelCache): then the predictor does not
+    keep the model alive between calls, so cached supports of many projects do not pin their models in memory
+    (a checkpoint never changes, so the cached support features stay valid when the model is loaded again)."""
+
+    def __init__(self, model: KptLLM | Callable[[], KptLLM], category: str | None = None) -> None:
+        if isinstance(model, KptLLM):
+            model.eval()
+            self._model: Callable[[], KptLLM] = lambda: model
+        else:
+            self._model = model
+        cfg = self.model.cfg
+        self.category = category or cfg.category
+        self.size = cfg.vision.image_size
         self._support: tuple[torch.Tensor, np.ndarray] | None = None  # (1, C, g, g) features, (K, 2) normalised points
         self._names: list[str] = []
+
+    @property
+    def model(self) -> KptLLM:
+        return self._model()
 
     @property
     def is_support_set(self) -> bool:
@@ -64,8 +78,9 @@ class KptLLMPredictor:
         self._names = list(names)
 
     def _run(self, feats: torch.Tensor, queries: list[KeypointQuery]) -> tuple[list[str], np.ndarray, np.ndarray]:
-        batch = collate(self.model.tokenizer, queries, self.model.cfg.image_grid**2, with_answer=False)
-        texts, xy, scores = self.model.generate(feats, batch)
+        model = self.model
+        batch = collate(model.tokenizer, queries, model.cfg.image_grid**2, with_answer=False)
+        texts, xy, scores = model.generate(feats, batch)
         return texts, xy.cpu().numpy().astype(np.float64), scores.cpu().numpy().astype(np.float64)
 
     def predict(self, images: list[np.ndarray], task: str = "visual") -> list[KeypointPrediction]:

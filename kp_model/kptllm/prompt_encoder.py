@@ -4,17 +4,17 @@ fused with a Fourier encoding of the keypoint position, mapped to the LLM's embe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kp_model.config import config_from_dict
+from kp_model.config import JsonConfig
 
 
 @dataclass(frozen=True)
-class PromptEncoderConfig:
+class PromptEncoderConfig(JsonConfig):
     fourier_bands: int = 8  # sin/cos frequencies of the (x, y) position encoding
     hidden: int = 256  # width of the fusion MLP
 
@@ -23,13 +23,6 @@ class PromptEncoderConfig:
             raise ValueError(f"fourier_bands must be >= 1, got {self.fourier_bands}")
         if self.hidden < 8:
             raise ValueError(f"hidden must be >= 8, got {self.hidden}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PromptEncoderConfig:
-        return config_from_dict(cls, data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def sample_features(feats: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

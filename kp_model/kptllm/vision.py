@@ -5,14 +5,14 @@ for CPU training and tests. Images are letterboxed to ``image_size`` x ``image_s
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from kp_model.config import config_from_dict
+from kp_model.config import JsonConfig
 from kp_model.oneshot.encoder import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ class VisionLoadError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(JsonConfig):
     name_or_path: str = ""  # transformers checkpoint dir or hub id (e.g. facebook/dinov2-small); "" = tiny model from scratch
     arch: str = "resnet"  # tiny preset only: "resnet" (conv, learns from few images) or "dinov2" (ViT)
     image_size: int = 224  # side (px) of the square every image is letterboxed to
@@ -50,13 +50,6 @@ class VisionConfig:
     @property
     def trainable(self) -> bool:
         return (not self.name_or_path) if self.train is None else bool(self.train)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> VisionConfig:
-        return config_from_dict(cls, data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from kp_model.config import config_from_dict
+from kp_model.config import JsonConfig
 from kp_model.oneshot.descriptors import DescriptorConfig, PooledChannels, _bilinear
 from kp_model.oneshot.encoder import EncoderChannels, EncoderConfig, PatchEncoder
 
 
 @dataclass(frozen=True)
-class OneShotConfig:
+class OneShotConfig(JsonConfig):
     descriptor: DescriptorConfig = field(default_factory=DescriptorConfig)  # descriptors for queries of the support's scene
     cross_descriptor: DescriptorConfig = field(
         default_factory=lambda: DescriptorConfig(signed=False, colour_weight=0.0)
@@ -78,10 +78,6 @@ class OneShotConfig:
             raise ValueError(f"vote_keypoints must be >= 1, got {self.vote_keypoints}")
         if self.max_working_side < 64:
             raise ValueError(f"max_working_side must be >= 64, got {self.max_working_side}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> OneShotConfig:
-        return config_from_dict(cls, data)
 
     def angles(self) -> np.ndarray:
         """Rotation angles (radians) searched."""

@@ -3,18 +3,18 @@ left/right labels swapped, and colour jitter. Points are pixels of the square im
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from kp_model.config import config_from_dict
+from kp_model.config import JsonConfig
 from kp_model.kptllm.vision import IMAGENET_MEAN
 from kp_model.mirror import mirror_permutation
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(JsonConfig):
     scale: float = 0.2  # zoom factor drawn from [1 - scale, 1 + scale]
     rotation: float = 20.0  # degrees, drawn from [-rotation, rotation]
     shift: float = 0.1  # translation, fraction of the image side
@@ -29,13 +29,6 @@ class AugmentConfig:
         for name in ("rotation", "shift", "colour"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AugmentConfig:
-        return config_from_dict(cls, data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def augment(

@@ -11,12 +11,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from kp_model.config import config_from_dict
+from kp_model.config import JsonConfig
 from kp_model.kptllm.modeling import KptLLM
 from kp_model.kptllm.semantics import semantic_text
 from kp_model.kptllm.sequences import KeypointQuery, collate
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     steps: int = 300  # optimiser steps
     pairs_per_step: int = 2  # support/query pairs per step
     lr: float = 2e-3  # peak learning rate (AdamW), cosine decay after warmup
@@ -50,13 +50,6 @@ class TrainConfig:
         for name in ("textual_fraction", "understanding_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        return config_from_dict(cls, data)
 
 
 @dataclass

@@ -8,17 +8,14 @@ from pathlib import Path
 import pytest
 
 from backend.cli import main
-from tests.conftest import DATA
 
 pytestmark = pytest.mark.slow
 
 
-def test_bench_report_schema_and_plots(tmp_path: Path) -> None:
+def test_bench_report_schema_and_plots(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "report.json"
-    assert (
-        main(["bench", "oneshot", "--data", str(DATA), "--folders", "mmpose__zebra_zebra", "mmpose__fly_fly", "--out", str(out)])
-        == 0
-    )
+    folders = ["--folders", "mmpose__zebra_zebra", "mmpose__fly_fly"]
+    assert main(["bench", "oneshot", "--data", str(shared_data), *folders, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report) >= {"protocol", "engine_version", "engine_config", "machine", "seconds", "summary", "folders"}
     assert set(report["machine"]) >= {"cpu", "cpus", "python", "numpy", "platform"}
@@ -34,13 +31,12 @@ def test_bench_report_schema_and_plots(tmp_path: Path) -> None:
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_all_pairs_protocol_and_a_kptllm_column(tmp_path: Path) -> None:
+def test_all_pairs_protocol_and_a_kptllm_column(tmp_path: Path, shared_data: Path, small_model) -> None:
     from kp_model.kptllm.checkpoint import save_checkpoint
-    from tests.kp_model.test_kptllm import small_model
 
     ckpt = save_checkpoint(small_model(), tmp_path / "ck")
     out = tmp_path / "pairs.json"
-    args = ["bench", "oneshot", "--data", str(DATA), "--folders", "mmpose__zebra_zebra", "--protocol", "all-pairs"]
+    args = ["bench", "oneshot", "--data", str(shared_data), "--folders", "mmpose__zebra_zebra", "--protocol", "all-pairs"]
     assert main([*args, "--kptllm-checkpoint", str(ckpt), "--no-plots", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     zebra = report["folders"]["mmpose__zebra_zebra"]

@@ -43,6 +43,24 @@ def test_model_cache_shares_and_bounds_loaded_checkpoints(tmp_path: Path, small_
     assert len(cache) == 2 and cache.evictions == 1 and cache.loads == 3
     build_predictor(PredictorConfig(engine="kptllm", checkpoint=paths[0]), cache)  # was dropped: loaded again
     assert cache.loads == 4
+
+
+def test_cached_supports_do_not_pin_evicted_models(tmp_path: Path, small_model, blob_image, blob_names) -> None:
+    import gc
+    import weakref
+
+    paths = [str(save_checkpoint(small_model(), tmp_path / f"v{i}")) for i in range(2)]
+    cache = ModelCache(max_models=1)
+    image, pts = blob_image()
+    first = build_predictor(PredictorConfig(engine="kptllm", checkpoint=paths[0]), cache)
+    first.set_support(image, pts, blob_names)  # a project's cached support
+    before = first.predict([image])[0].points
+    gone = weakref.ref(first.model)
+    build_predictor(PredictorConfig(engine="kptllm", checkpoint=paths[1]), cache)  # another project: evicts the first
+    gc.collect()
+    assert gone() is None  # the support kept no reference: the model's memory is freed
+    np.testing.assert_allclose(first.predict([image])[0].points, before, atol=1e-4)  # reloaded on use, same answer
+    assert cache.loads == 3
     with pytest.raises(ValueError, match="max_models"):
         ModelCache(0)
 
