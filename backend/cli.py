@@ -10,6 +10,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from backend.settings import Settings
 
 log = logging.getLogger("kpassist")
 
@@ -21,6 +25,14 @@ def _redis_reachable(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
     except (redis.RedisError, OSError):
         return False
+
+
+def worker_command(settings: Settings) -> list[str]:
+    """An RQ worker on the index queue (short reconciles first) and the training queue."""
+    from backend.training_queue import index_queue_name
+
+    queues = [index_queue_name(settings.queue_name), settings.queue_name]
+    return [sys.executable, "-m", "rq.cli", "worker", "--url", settings.redis_url, *queues]
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -50,7 +62,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.no_worker:
         log.info("RQ worker not started (--no-worker)")
     elif _redis_reachable(settings.redis_url):
-        cmds.append([sys.executable, "-m", "rq.cli", "worker", "--url", settings.redis_url, settings.queue_name])
+        cmds.append(worker_command(settings))
     else:
         log.warning("Redis at %s is not reachable: serving predictions without the training worker", settings.redis_url)
     procs = [subprocess.Popen(cmd) for cmd in cmds]
@@ -82,7 +94,7 @@ def worker(args: argparse.Namespace) -> int:
     from backend.settings import Settings
 
     settings = Settings.from_env()
-    return subprocess.call([sys.executable, "-m", "rq.cli", "worker", "--url", settings.redis_url, settings.queue_name])
+    return subprocess.call(worker_command(settings))
 
 
 def _bench(argv: list[str]) -> int:

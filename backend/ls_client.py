@@ -67,14 +67,19 @@ class LabelStudioClient:
         """The project object (title, label_config, ...)."""
         return self._request("GET", f"api/projects/{int(project_id)}/").json()
 
-    def annotated_tasks(self, project_id: int, page_size: int = 100) -> Iterator[dict]:
-        """Tasks of a project that have at least one annotation, with their annotations."""
-        query = {
+    def annotated_tasks(
+        self, project_id: int, page_size: int = 100, newest_first: bool = False, max_pages: int = 0
+    ) -> Iterator[dict]:
+        """Tasks of a project that have at least one annotation, with their annotations. ``newest_first``: ordered by
+        their newest annotation's creation time, newest first; ``max_pages`` > 0 stops after that many requests."""
+        query: dict = {
             "filters": {
                 "conjunction": "and",
                 "items": [{"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}],
             }
         }
+        if newest_first:
+            query["ordering"] = ["-tasks:completed_at"]
         page = 1
         while True:
             params = {"project": project_id, "fields": "all", "page": page, "page_size": page_size, "query": json.dumps(query)}
@@ -84,7 +89,7 @@ class LabelStudioClient:
             body = resp.json()
             tasks = body.get("tasks", []) if isinstance(body, dict) else body
             yield from tasks
-            if len(tasks) < page_size:
+            if len(tasks) < page_size or page == max_pages:
                 return
             page += 1
 

@@ -56,10 +56,11 @@ class KeypointModel:
         project = self.project
         if project is None:
             project = _project_of(data)
-        if event not in TRAIN_EVENTS:
-            return {"status": "ignored", "event": event}
         if project is None:
             return {"status": "ignored", "event": event, "reason": "no project id in the event"}
+        self.service.index_event(project, event, data)
+        if event not in TRAIN_EVENTS:
+            return {"status": "ignored", "event": event}
         annotation = data.get("annotation") if isinstance(data.get("annotation"), dict) else {}
         task = data.get("task") if isinstance(data.get("task"), dict) else {}
         ann_id = annotation.get("id") if isinstance(annotation.get("id"), int) else None

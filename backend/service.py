@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from redis.exceptions import RedisError
 
+from backend.annotation_index import AnnotationIndex, reconcile_logged
 from backend.convert import points_to_regions
 from backend.events import project_dir
 from backend.fetch import ImageFetcher
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
     from backend.training_queue import TrainingQueue
 
 log = logging.getLogger(__name__)
+
+
+BOOTSTRAP_TASKS = 50  # newest annotated tasks read at a project's first use, before its index is reconciled
 
 
 class BatchTooLargeError(ValueError):
@@ -62,6 +67,7 @@ class PredictionService:
         self._connections: dict[tuple[str, str], Connection] = {}
         self._lock = threading.Lock()
         self.training: TrainingQueue | None = None  # set by the app (None: events are recorded nowhere, no training)
+        self._indexed: set[int] = set()  # projects whose annotation index this process has checked (ensure_indexed)
         self.label_checks = LabelChecker(self)
 
     @property
@@ -110,18 +116,67 @@ class PredictionService:
             return conn
 
     def find_supports(self, project: int | None, controls: list[KeypointControl], conn: Connection) -> list[SupportRef | None]:
-        """The project's current support annotation for each control (None where there is none yet);
-        the annotated tasks are read from Label Studio once for all controls."""
-        if project is None or conn.client is None:
-            why = (
-                "unknown project"
-                if project is None
-                else "no Label Studio URL (connect from Label Studio or set LABEL_STUDIO_URL)"
-            )
-            log.warning("no support: %s", why)
+        """The project's current support annotation for each control (None where there is none yet), read from the
+        project's annotation index (newest first, stopping at the first usable one): no Label Studio request, so
+        the cost does not grow with the project (see ``ensure_indexed`` for the first use)."""
+        if project is None:
+            log.warning("no support: unknown project")
             return [None] * len(controls)
-        tasks = list(conn.client.annotated_tasks(project))
-        return [select_support(tasks, control) for control in controls]
+        index = self.index(project)
+        self.ensure_indexed(project, index, conn)
+        found: list[SupportRef | None] = [None] * len(controls)
+        for task in index.iter_recent():
+            for i, control in enumerate(controls):
+                if found[i] is None:
+                    found[i] = select_support([task], control)
+            if all(ref is not None for ref in found):
+                break
+        return found
+
+    def index(self, project: int) -> AnnotationIndex:
+        return AnnotationIndex(self.settings.data_dir, project)
+
+    def ensure_indexed(self, project: int, index: AnnotationIndex, conn: Connection) -> None:
+        """Once per project and process: a project never reconciled gets its newest annotations with ONE bounded
+        request (so the first retrieve has a support at once), and a reconcile is queued (this process may have
+        missed webhooks while it was down). Raises LabelStudioError when that one request fails."""
+        if project in self._indexed:
+            return
+        if index.reconciled_at is None and conn.client is not None:
+            newest = list(conn.client.annotated_tasks(project, page_size=BOOTSTRAP_TASKS, newest_first=True, max_pages=1))
+            index.add_tasks(newest)
+            log.info("project %s: %d newest annotated tasks indexed; a reconcile pages through the rest", project, len(newest))
+        ls_url = conn.client.url if conn.client is not None else ""
+        if self.training is None:
+            log.warning("project %s: no job queue: the annotation index is fed by webhooks only", project)
+        else:
+            try:
+                self.training.enqueue_reconcile(project, ls_url)
+            except RedisError as exc:
+                log.warning("project %s: Redis unreachable (%s): reconciling the annotation index on a thread", project, exc)
+                threading.Thread(
+                    target=reconcile_logged, args=(index, conn.client, project), name=f"reconcile-{project}", daemon=True
+                ).start()
+        self._indexed.add(project)
+
+    def index_event(self, project: int, event: str, data: dict) -> None:
+        """Keep the project's annotation index current with a webhook (the events LS 1.23 sends for annotations)."""
+        index = self.index(project)
+        task = data.get("task") if isinstance(data.get("task"), dict) else {}
+        annotation = data.get("annotation")
+        if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") and isinstance(annotation, dict):
+            index.upsert(annotation, task)
+        elif event == "ANNOTATIONS_CREATED" and isinstance(annotation, list):
+            tasks = {t.get("id"): t for t in data.get("task") or [] if isinstance(t, dict)}
+            for ann in annotation:
+                if isinstance(ann, dict):
+                    index.upsert(ann, tasks.get(ann.get("task"), {}))
+        elif event == "ANNOTATION_DELETED" and isinstance(annotation, dict) and isinstance(annotation.get("id"), int):
+            index.delete([annotation["id"]])
+        elif event == "ANNOTATIONS_DELETED":
+            index.delete(_ids(data.get("annotations")))
+        elif event == "TASKS_DELETED":
+            index.delete_tasks(_ids(data.get("tasks")))
 
     def model_version(self, project: int | None, controls: list[KeypointControl], conn: Connection) -> str:
         """Engine version plus the support annotation(s) in use: LS re-predicts when the support changes."""
@@ -201,3 +256,8 @@ class PredictionService:
             regions.extend(found)
             scores.extend(r["score"] for r in found)
         return {"result": regions, "score": round(float(np.mean(scores)), 4) if scores else 0.0}
+
+
+def _ids(items: object) -> list[int]:
+    """The integer ids of a webhook's list of ``{"id": ...}`` objects."""
+    return [i["id"] for i in items if isinstance(i, dict) and isinstance(i.get("id"), int)] if isinstance(items, list) else []

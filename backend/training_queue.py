@@ -30,6 +30,15 @@ def pending_key(namespace: str, project: int) -> str:
     return f"{namespace}:pending:{project}"
 
 
+def index_queue_name(queue_name: str) -> str:
+    """The RQ queue of annotation-index reconciles, beside the training queue (workers listen to it first)."""
+    return f"{queue_name}-index"
+
+
+def reconcile_key(namespace: str, project: int) -> str:
+    return f"{namespace}:reconcile:{project}"
+
+
 def lock_key(namespace: str, project: int) -> str:
     return f"{namespace}:lock:{project}"
 
@@ -44,6 +53,7 @@ class TrainingQueue:
         self.settings = settings
         self.redis = redis_connection(settings.redis_url)
         self.queue = Queue(settings.queue_name, connection=self.redis)
+        self.index_queue = Queue(index_queue_name(settings.queue_name), connection=self.redis)  # reconciles: short, first
         self._flusher: threading.Thread | None = None
 
     def submit(self, project: int, event: str, annotation_id: int | None, task_id: int | None, ls_url: str) -> dict:
@@ -104,6 +114,24 @@ class TrainingQueue:
         log.info("project %s: training job %s queued on %r", project, job_id, self.settings.queue_name)
         return job_id, True
 
+    def enqueue_reconcile(self, project: int, ls_url: str) -> str | None:
+        """Queue ``backend.annotation_index.reconcile_project`` unless one is already waiting; returns its job id."""
+        job_id = f"index-{project}-{uuid.uuid4().hex[:12]}"
+        if not self.redis.set(reconcile_key(self.settings.queue_name, project), job_id, nx=True, ex=self.settings.job_timeout):
+            return None
+        self.index_queue.enqueue_call(
+            "backend.annotation_index.reconcile_project",
+            args=(project, self.settings.data_dir, ls_url),
+            job_id=job_id,
+            timeout=self.settings.job_timeout,
+            result_ttl=86400,
+            failure_ttl=7 * 86400,
+            meta={"project": project},
+            description=f"reconcile the annotation index of project {project}",
+        )
+        log.info("project %s: annotation index reconcile %s queued", project, job_id)
+        return job_id
+
     def flush_pending(self) -> list[int]:
         """Queue the jobs of projects marked "enqueue pending"; returns the projects queued."""
         done = []
@@ -161,15 +189,18 @@ class TrainingQueue:
 
 
 def clear_namespace(url: str, name: str) -> None:
-    """Delete an RQ queue's jobs and kpassist's keys of that namespace (tests and benchmarks on a shared Redis)."""
+    """Delete the RQ queues' jobs (training and index) and kpassist's keys of that namespace (tests and benchmarks on
+    a shared Redis)."""
     r = Redis.from_url(url)
-    q = Queue(name, connection=r)
-    ids = set(q.get_job_ids())
-    for reg in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):
-        ids |= set(reg(name, connection=r).get_job_ids())
-    q.empty()
-    for job_id in ids:
-        r.delete(f"rq:job:{job_id}", f"rq:results:{job_id}")
-    for pattern in (f"{name}:*", f"rq:*:{name}"):
-        for key in r.scan_iter(pattern):
+    for queue_name in (name, index_queue_name(name)):
+        q = Queue(queue_name, connection=r)
+        ids = set(q.get_job_ids())
+        for reg in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):
+            ids |= set(reg(queue_name, connection=r).get_job_ids())
+        q.empty()
+        for job_id in ids:
+            r.delete(f"rq:job:{job_id}", f"rq:results:{job_id}")
+        for key in r.scan_iter(f"rq:*:{queue_name}"):
             r.delete(key)
+    for key in r.scan_iter(f"{name}:*"):
+        r.delete(key)

@@ -134,6 +134,19 @@ def bench_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_scale_ls(args: argparse.Namespace) -> int:
+    from bench.scale_ls import run_scale_ls_bench
+
+    backend_dir = Path(args.backend_dir) if args.backend_dir else None
+    report = run_scale_ls_bench(Path(args.data), tuple(args.sizes), args.repeats, args.backend_python, backend_dir)
+    _write(report, args.out)
+    for row in report["sizes"]:
+        s, p = row["setup"], row["predict_one_task"]
+        setup = f"/setup p50 {s['p50_s']:.3f} p95 {s['p95_s']:.3f} s"
+        print(f"{row['annotated_tasks']:>6} tasks: {setup}; /predict p50 {p['p50_s']:.3f} p95 {p['p95_s']:.3f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="kpassist bench", description="kpassist benchmarks (JSON reports)")
@@ -181,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--caps", type=int, nargs="+", default=[8, 50], help="KPASSIST_MAX_LOADED_MODELS values to compare")
     b.add_argument("--out", default="bench-out/models.json")
     b.set_defaults(func=bench_models)
+    b = bench.add_parser("scale-ls", help="/setup and /predict latency against a real Label Studio, 10 to 10,000 annotated tasks")
+    b.add_argument("--data", default="../shared/data", help="folder holding dlc__openfield_mouse")
+    b.add_argument("--sizes", type=int, nargs="+", default=[10, 500, 2000, 10000], help="annotated tasks per project")
+    b.add_argument("--repeats", type=int, default=20)
+    b.add_argument("--backend-python", default="", help="interpreter of the backend to measure (default: this one)")
+    b.add_argument("--backend-dir", default="", help="its source folder (default: this checkout)")
+    b.add_argument("--out", default="bench-out/scale-ls.json")
+    b.set_defaults(func=bench_scale_ls)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,9 +50,11 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen, log: Path) -> 
 
 
 @contextmanager
-def running(cmd: list[str], env: dict, health_url: str, log: Path, timeout_s: float) -> Iterator[subprocess.Popen]:
+def running(
+    cmd: list[str], env: dict, health_url: str, log: Path, timeout_s: float, cwd: Path | None = None
+) -> Iterator[subprocess.Popen]:
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
     try:
         wait_http(health_url, timeout_s, proc, log)
         yield proc
@@ -103,10 +106,10 @@ def label_studio(workdir: Path) -> Iterator[tuple[str, str]]:
 
 @contextmanager
 def serve_backend(
-    workdir: Path, env_extra: dict[str, str], args: tuple[str, ...] = ("--no-worker",)
+    workdir: Path, env_extra: dict[str, str], args: tuple[str, ...] = ("--no-worker",), port: int = 0
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``kpassist serve`` (gunicorn) on a free loopback port; yields (URL, the serve process)."""
-    port = free_port()
+    """``kpassist serve`` (gunicorn) on ``port`` (0: a free one) of loopback; yields (URL, the serve process)."""
+    port = port or free_port()
     env = {**os.environ, "KPASSIST_DATA_DIR": str(workdir / "kpassist"), **env_extra}
     cmd = [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     url = f"http://127.0.0.1:{port}"
@@ -116,9 +119,16 @@ def serve_backend(
 
 @contextmanager
 def kpassist_backend(workdir: Path, ls_url: str, token: str) -> Iterator[str]:
-    """``kpassist serve`` connected to a Label Studio; yields its URL."""
-    with serve_backend(workdir, {"LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": token}) as (url, _):
-        yield url
+    """``kpassist serve`` connected to a Label Studio, with an RQ queue of its own (emptied after); yields its URL."""
+    from backend.training_queue import clear_namespace
+
+    queue = f"kpassist-e2e-{uuid.uuid4().hex[:8]}"
+    env = {"LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": token, "KPASSIST_QUEUE": queue}
+    try:
+        with serve_backend(workdir, env) as (url, _):
+            yield url
+    finally:
+        clear_namespace("redis://127.0.0.1:6379/0", queue)
 
 
 class LabelStudioAPI:

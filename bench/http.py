@@ -65,6 +65,10 @@ class Backend:
             raise RuntimeError(f"/predict answered {resp.status_code}: {resp.text[:300]}")
         return dt, resp.json()
 
+    def event(self, body: dict) -> int:
+        """Post a webhook body as Label Studio sends it."""
+        return self.session.post(self.url + "/webhook", json=body, timeout=60).status_code
+
     def webhook(self, action: str = "ANNOTATION_UPDATED", project: int | None = None) -> tuple[float, int]:
         body = {
             "action": action,
@@ -160,8 +164,9 @@ def run_http_bench(data: Path, workdir: Path, repeats: int = 10, load_seconds: f
         def support_changed() -> None:
             """The annotator saves the support annotation again (a new updated_at), and LS sends its webhook: the
             next /predict rebuilds the support features (webhooks alone no longer drop the cache)."""
-            api("PATCH", f"/api/annotations/{support['id']}", json={"result": support["result"]})
-            backend.webhook()
+            updated = api("PATCH", f"/api/annotations/{support['id']}", json={"result": support["result"]}).json()
+            body = {"action": "ANNOTATION_UPDATED", "project": {"id": pid}, "annotation": updated, "task": tasks[0]}
+            backend.event(body)
 
         queries = tasks[1:21]
         env = {

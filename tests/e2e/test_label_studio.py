@@ -12,7 +12,7 @@ import label_config
 from bench.devservers import LabelStudioAPI, kpassist_backend, label_studio
 from kp_model.evaluation.metrics import pck
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.redis]
 
 FRAMES = ["img0000.png", "img0023.png", "img0046.png", "img0069.png", "img0092.png"]  # evenly spread; the first is annotated
 
