@@ -105,3 +105,50 @@ def test_http_download_size_cap_and_no_redirects(tmp_path: Path) -> None:
             ImageFetcher(None, allowed_hosts=allowed, max_bytes=10).fetch(f"{base}/img.png")
     finally:
         server.shutdown()
+
+
+def test_label_studio_files_are_fetched_with_its_token(tmp_path: Path) -> None:
+    """Protocol fact: the backend downloads ``hostname + /data/upload/...`` with ``Authorization: Token <key>``; a
+    personal access token (a JWT) is exchanged at /api/token/refresh and sent as ``Bearer``."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from backend.ls_client import LabelStudioClient
+
+    body = io.BytesIO()
+    Image.new("RGB", (12, 8), (1, 2, 3)).save(body, format="PNG")
+    seen: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append((self.path, self.headers.get("Authorization", "")))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body.getvalue())))
+            self.end_headers()
+            self.wfile.write(body.getvalue())
+
+        def do_POST(self) -> None:  # noqa: N802
+            payload = json.dumps({"access": "short-lived-access"}).encode()
+            seen.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))["refresh"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        legacy = ImageFetcher(LabelStudioClient(url, "legacy0123"))
+        assert legacy.fetch("/data/upload/3/abc-frame.png").shape == (8, 12, 3)
+        assert seen[-1] == ("/data/upload/3/abc-frame.png", "Token legacy0123")
+        jwt = "header.payload.signature"
+        ImageFetcher(LabelStudioClient(url, jwt)).fetch("/data/upload/3/abc-frame.png")
+        assert seen[-2:] == [("/api/token/refresh", jwt), ("/data/upload/3/abc-frame.png", "Bearer short-lived-access")]
+    finally:
+        server.shutdown()
