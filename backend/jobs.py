@@ -163,10 +163,21 @@ def _job_logging() -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def limit_threads(n: int) -> None:
+    """Bound the compute threads of this (job) process: torch's intra-op pool and OpenCV's, so training leaves the
+    machine's other cores to /predict."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+
+
 def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
     """Fine-tune the project's model from its Label Studio annotations; returns the version record."""
     _job_logging()
     settings = Settings.from_env()
+    limit_threads(settings.train_threads)
     redis = redis_connection(settings.redis_url)
     _set_meta(stage="waiting for the project lock")
     with LockKeeper(redis, lock_key(settings.queue_name, project), settings.lock_ttl, settings.job_timeout) as keeper:

@@ -35,6 +35,7 @@ class Settings:
     job_timeout: int = 3600  # KPASSIST_JOB_TIMEOUT: seconds before RQ stops a training job
     promote: str = "not_worse"  # KPASSIST_PROMOTE: "not_worse" (held-out PCK vs the served model) or "always"
     lock_ttl: int = 30  # KPASSIST_LOCK_TTL: seconds a dead worker's project lock outlives it (renewed while alive)
+    train_threads: int = 1  # KPASSIST_TRAIN_THREADS: torch/OpenCV threads of a training job (the rest serve /predict)
     max_loaded_models: int = 8  # KPASSIST_MAX_LOADED_MODELS: fine-tuned models kept loaded (least recently used dropped)
     max_supports: int = 256  # KPASSIST_MAX_SUPPORTS: support features cached, one per (project, control); LRU beyond
 
@@ -42,7 +43,16 @@ class Settings:
         if not 0.0 <= self.score_threshold <= 1.0:
             raise SettingsError(f"score_threshold (KPASSIST_SCORE_THRESHOLD) must be in [0, 1], got {self.score_threshold}")
         positive = ("max_image_pixels", "max_image_bytes", "max_batch", "predict_threads")
-        for name in (*positive, "train_threshold", "train_steps", "job_timeout", "lock_ttl", "max_loaded_models", "max_supports"):
+        for name in (
+            *positive,
+            "train_threshold",
+            "train_steps",
+            "job_timeout",
+            "lock_ttl",
+            "max_loaded_models",
+            "max_supports",
+            "train_threads",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.engine_config and not Path(self.engine_config).is_file():
@@ -91,6 +101,7 @@ class Settings:
             "job_timeout": "KPASSIST_JOB_TIMEOUT",
             "lock_ttl": "KPASSIST_LOCK_TTL",
             "promote": "KPASSIST_PROMOTE",
+            "train_threads": "KPASSIST_TRAIN_THREADS",
             "max_loaded_models": "KPASSIST_MAX_LOADED_MODELS",
             "max_supports": "KPASSIST_MAX_SUPPORTS",
         }

@@ -147,6 +147,20 @@ def bench_scale_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_contention(args: argparse.Namespace) -> int:
+    from bench.contention import run_contention_bench
+
+    report = run_contention_bench(Path(args.data), tuple(args.threads), args.steps, args.repeats)
+    _write(report, args.out)
+    for row in report["settings"]:
+        nan = float("nan")
+        idle, busy = row["idle"]["p50_s"], (row["while_training"] or {}).get("p50_s", nan)
+        ratio, train = row.get("p50_ratio", nan), row["train_seconds"] or nan
+        head = f"train threads {row['train_threads']}: /predict p50 {idle:.2f} s idle"
+        print(f"{head}, {busy:.2f} s while training (x{ratio:.2f}); training took {train:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="kpassist bench", description="kpassist benchmarks (JSON reports)")
@@ -202,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--backend-dir", default="", help="its source folder (default: this checkout)")
     b.add_argument("--out", default="bench-out/scale-ls.json")
     b.set_defaults(func=bench_scale_ls)
+    b = bench.add_parser("contention", help="/predict latency idle and while the worker trains, per KPASSIST_TRAIN_THREADS")
+    b.add_argument("--data", default="../shared/data", help="folder holding dlc__openfield_mouse")
+    b.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    b.add_argument("--steps", type=int, default=300, help="KPASSIST_TRAIN_STEPS of the training job")
+    b.add_argument("--repeats", type=int, default=15)
+    b.add_argument("--out", default="bench-out/contention.json")
+    b.set_defaults(func=bench_contention)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -21,3 +21,21 @@ def test_from_env_types_and_secret_not_shown() -> None:
 def test_bad_values_name_the_field(env: dict, field: str) -> None:
     with pytest.raises(SettingsError, match=field):
         Settings.from_env(env)
+
+
+def test_training_threads_are_bounded_and_checked() -> None:
+    import cv2
+    import torch
+
+    from backend.jobs import limit_threads
+
+    assert Settings.from_env({"KPASSIST_TRAIN_THREADS": "2"}).train_threads == 2 and Settings().train_threads == 1
+    with pytest.raises(SettingsError, match="train_threads"):
+        Settings.from_env({"KPASSIST_TRAIN_THREADS": "0"})
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        limit_threads(1)
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
