@@ -12,6 +12,14 @@ from pathlib import Path
 
 log = logging.getLogger("kpassist.bench")
 
+THREADS_HELP = "torch/OpenCV threads, as KPASSIST_TRAIN_THREADS gives a training job; 1 is also reproducible run to run"
+
+
+def limit_threads(n: int) -> None:
+    from backend.jobs import limit_threads as limit
+
+    limit(n)
+
 
 def bench_oneshot(args: argparse.Namespace) -> int:
     from bench.oneshot import markdown_table, run_oneshot_bench
@@ -103,6 +111,7 @@ def bench_finetune(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(save_to)
+    limit_threads(args.threads)
     report = run_finetune_bench(Path(args.data), args.frames, args.steps, save_to=save_to)
     _write(report, args.out)
     print(json.dumps({k: report[k] for k in ("train_seconds", "peak_rss_mb_training", "scores")}, indent=2))
@@ -112,6 +121,7 @@ def bench_finetune(args: argparse.Namespace) -> int:
 def bench_loop(args: argparse.Namespace) -> int:
     from bench.loop import plot_loop, run_loop_bench
 
+    limit_threads(args.threads)
     report = run_loop_bench(Path(args.data), tuple(args.k), args.steps)
     path = _write(report, args.out)
     plot_loop(report, path.with_suffix(".png"))
@@ -194,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--frames", type=int, default=20, help="training frames, evenly spread")
     b.add_argument("--steps", type=int, default=600)
     b.add_argument("--save-checkpoint", action="store_true", help="keep the trained model beside the report")
+    b.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     b.add_argument("--out", default="bench-out/finetune.json")
     b.set_defaults(func=bench_finetune)
     b = bench.add_parser("loop", help="annotate-correct-retrain curve: PCK after k corrected frames, retraining time")
     b.add_argument("--data", default="../shared/data/dlc__openfield_mouse", help="one COCO keypoint folder (a video)")
     b.add_argument("--k", type=int, nargs="+", default=[1, 2, 5, 10, 20])
     b.add_argument("--steps", type=int, default=300, help="optimiser steps per retraining (warm-started)")
+    b.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     b.add_argument("--out", default="bench-out/loop.json")
     b.set_defaults(func=bench_loop)
     b = bench.add_parser("models", help="RSS with many projects each serving its own fine-tuned version, per model cap")
