@@ -18,12 +18,12 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 from backend.events import project_dir
 from backend.ls_client import LabelStudioClient, LabelStudioError
 from backend.settings import Settings
+from backend.support import parse_time
 from backend.training_queue import reconcile_key, redis_connection
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,8 @@ class AnnotationIndexError(RuntimeError):
 
 
 def stamp_seconds(stamp: str) -> float:
-    """Epoch seconds of a Label Studio timestamp; unparseable or missing stamps sort first (0)."""
-    try:
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    """Epoch seconds of a Label Studio timestamp (backend.support.parse_time); unparseable ones sort first."""
+    return parse_time(stamp).timestamp()
 
 
 class AnnotationIndex:

@@ -96,9 +96,8 @@ class PredictionService:
 
     def served_predictor(self, project: int) -> Predictor | None:
         """A new predictor of the project's served fine-tuned version, or None while the default engine is served."""
-        if self.served_version(project) is None:
-            return None
-        return self.engine(project)[1]()
+        version, make = self.engine(project)
+        return None if version == self.engine_version else make()
 
     def connection(self, hostname: str = "", access_token: str = "") -> Connection:
         """Client + image fetcher for a Label Studio server (the /setup one, else the environment's)."""

@@ -45,7 +45,7 @@ class LabelledAnnotation:
 
     @property
     def when(self) -> datetime:
-        return _parse_time(self.stamp)
+        return parse_time(self.stamp)
 
 
 def labelled_annotations(tasks: Iterable[dict], control: KeypointControl) -> Iterator[LabelledAnnotation]:
@@ -154,7 +154,7 @@ class SupportCache:
         return len(self._items)
 
 
-def _parse_time(stamp: str) -> datetime:
+def parse_time(stamp: str) -> datetime:
     """UTC-aware time of an LS timestamp; unparseable or missing stamps sort first."""
     try:
         when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))

@@ -106,14 +106,20 @@ def label_studio(workdir: Path) -> Iterator[tuple[str, str]]:
 
 @contextmanager
 def serve_backend(
-    workdir: Path, env_extra: dict[str, str], args: tuple[str, ...] = ("--no-worker",), port: int = 0
+    workdir: Path,
+    env_extra: dict[str, str],
+    args: tuple[str, ...] = ("--no-worker",),
+    port: int = 0,
+    python: str = sys.executable,
+    cwd: Path | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``kpassist serve`` (gunicorn) on ``port`` (0: a free one) of loopback; yields (URL, the serve process)."""
+    """``kpassist serve`` (gunicorn) on ``port`` (0: a free one) of loopback, run by ``python`` in ``cwd`` (another
+    checkout's code, for before/after benchmarks); yields (URL, the serve process)."""
     port = port or free_port()
     env = {**os.environ, "KPASSIST_DATA_DIR": str(workdir / "kpassist"), **env_extra}
-    cmd = [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    cmd = [python, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     url = f"http://127.0.0.1:{port}"
-    with running(cmd, env, f"{url}/health", workdir / "backend.log", 120) as proc:
+    with running(cmd, env, f"{url}/health", workdir / f"backend-{port}.log", 120, cwd=cwd) as proc:
         yield url, proc
 
 

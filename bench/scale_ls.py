@@ -8,34 +8,22 @@ once the project's annotation index is reconciled (the worker pages through the 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import requests
 
 import label_config
-from bench.devservers import LabelStudioAPI, free_port, label_studio, running
+from bench.devservers import LabelStudioAPI, label_studio, serve_backend
 from bench.http import percentiles
 from bench.machine import machine_info
 from kp_model.coco import load_coco_keypoints
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def backend(backend_python: str, backend_dir: Path, workdir: Path, env_extra: dict):
-    port = free_port()
-    env = {**os.environ, "KPASSIST_DATA_DIR": str(workdir / f"kpassist-{port}"), **env_extra}
-    cmd = [backend_python, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    with running(cmd, env, f"{url}/health", workdir / f"backend-{port}.log", 180, cwd=backend_dir) as proc:
-        yield url, proc
 
 
 def _project(api: LabelStudioAPI, n: int, image_url: str, result: list[dict], config: str) -> tuple[int, dict]:
@@ -72,7 +60,7 @@ def run_scale_ls_bench(
         ann = api.annotate(uploaded["id"], kps, frame.keypoint_names, frame.width, frame.height)
         env = {"LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": token, "KPASSIST_QUEUE": queue}
         try:
-            with backend(python, backend_dir, workdir, env) as (url, _):
+            with serve_backend(workdir, env, args=(), python=python, cwd=backend_dir) as (url, _):
                 session = requests.Session()
                 for n in sizes:
                     pid, query = _project(api, n, image_url, ann["result"], config)
@@ -87,7 +75,7 @@ def run_scale_ls_bench(
 
                     first_setup = call("/setup", setup)
                     first_predict = call("/predict", body)  # support fetched and described
-                    index = workdir.glob(f"kpassist-*/projects/{pid}/annotations.sqlite")
+                    index = workdir.glob(f"kpassist/projects/{pid}/annotations.sqlite")
                     t0 = time.perf_counter()
                     waited = _wait_reconciled(list(index), reconcile_wait_s)
                     waited_s = time.perf_counter() - t0 if waited else None  # after the first /setup and /predict
