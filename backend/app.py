@@ -7,7 +7,8 @@ Label Studio 1.23 calls (facts in ../shared/docs/label-studio-protocol.md, each 
   one result per task in order; interactive pre-annotation calls it without /setup first;
 - ``POST /webhook`` ``{"action", "annotation", "task", "project"}``, "Start training" being ``START_TRAINING``;
 - ``GET /versions``.
-kpassist's own: ``GET /kpassist/projects/<id>/jobs`` (training jobs and versions), ``.../warnings`` (label checks).
+kpassist's own: ``GET /kpassist/projects/<id>/jobs`` (training jobs and versions), ``.../warnings`` (label checks),
+``POST|GET|DELETE .../prelabel`` (start, follow, cancel whole-project pre-labelling on the RQ workers).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from backend.jobs import read_train_config
 from backend.label_config import LabelConfigError
 from backend.ls_client import LabelStudioError
 from backend.model import KeypointModel
+from backend.prelabel import PrelabelError, Prelabels
 from backend.service import BatchTooLargeError, PredictionService, project_store
 from backend.settings import Settings, SettingsError
 from backend.training_queue import TrainingQueue
@@ -67,6 +69,12 @@ class ModelRegistry:
             self.builds += 1
             self._entries[project] = _Entry(schema, hostname, access_token, model)
             return model
+
+    def hostname(self, project: int | None) -> str:
+        """The Label Studio URL the project's /setup sent ("" before any /setup)."""
+        with self._lock:
+            entry = self._entries.get(project)
+        return entry.hostname if entry else ""
 
     def for_request(self, project: int | None, schema: str | None) -> KeypointModel:
         """The /setup model of the project; without one (interactive pre-annotation after a restart), a model built
@@ -132,6 +140,14 @@ def create_app(
     if service.training is None:
         service.training = training or TrainingQueue(settings)
     registry = ModelRegistry(service)
+    runs: list[Prelabels] = []
+
+    def prelabels() -> Prelabels:
+        """Built on first use: the app starts without Redis."""
+        if not runs:
+            runs.append(Prelabels(settings, service.training.redis if service.training else None))
+        return runs[0]
+
     app = Flask("kpassist")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.config["KPASSIST_BASIC_AUTH"] = (
@@ -216,6 +232,42 @@ def create_app(
     @app.get("/kpassist/projects/<int:project>/warnings")
     def project_warnings(project: int):
         return jsonify({"project": project, "warnings": service.label_checks.warnings(project)})
+
+    @app.post("/kpassist/projects/<int:project>/prelabel")
+    def prelabel_start(project: int):
+        """Pre-label every task of the project on the RQ workers; body (optional): ``{"chunk_size": n}``."""
+        data = request.get_json(silent=True) or {}
+        chunk = data.get("chunk_size", 0) if isinstance(data, dict) else 0
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
+            raise RequestError("chunk_size must be a positive integer (tasks per RQ job)")
+        ls_url = registry.hostname(project) or settings.label_studio_url
+        if not ls_url:
+            raise RequestError("no Label Studio URL for this project: connect it from Label Studio or set LABEL_STUDIO_URL")
+        try:
+            state = prelabels().start(project, ls_url, chunk)
+        except PrelabelError as exc:
+            return jsonify({"status": 409, "detail": str(exc)}), 409
+        return jsonify(state), 202
+
+    @app.get("/kpassist/projects/<int:project>/prelabel")
+    def prelabel_status(project: int):
+        """The project's latest pre-labelling run: status, done / total, written / skipped / failed, tasks/s, ETA."""
+        state = prelabels().status(project)
+        if state is None:
+            return jsonify({"status": 404, "detail": f"project {project} has no pre-labelling run"}), 404
+        return jsonify(state)
+
+    @app.delete("/kpassist/projects/<int:project>/prelabel")
+    def prelabel_cancel(project: int):
+        state = prelabels().cancel(project)
+        if state is None:
+            return jsonify({"status": 404, "detail": f"project {project} has no pre-labelling run"}), 404
+        return jsonify(state)
+
+    @app.errorhandler(RedisError)
+    def redis_down(exc: RedisError):
+        log.error("Redis: %s", exc)
+        return jsonify({"status": 503, "detail": f"Redis at {settings.redis_url} is unreachable: {exc}"}), 503
 
     @app.errorhandler(RequestError)
     @app.errorhandler(LabelConfigError)

@@ -4,6 +4,7 @@ bench.cli, which the server never imports."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import subprocess
@@ -27,12 +28,18 @@ def _redis_reachable(url: str) -> bool:
         return False
 
 
+MAINTENANCE_INTERVAL_S = 60  # how often a worker re-queues the jobs of workers that died (after their heartbeat expired)
+
+
 def worker_command(settings: Settings) -> list[str]:
-    """An RQ worker on the index queue (short reconciles first) and the training queue."""
+    """An RQ worker on the index queue (short reconciles first), the training queue and the pre-labelling queue."""
+    from backend.prelabel import prelabel_queue_name
     from backend.training_queue import index_queue_name
 
-    queues = [index_queue_name(settings.queue_name), settings.queue_name]
-    return [sys.executable, "-m", "rq.cli", "worker", "--url", settings.redis_url, *queues]
+    queues = [index_queue_name(settings.queue_name), settings.queue_name, prelabel_queue_name(settings.queue_name)]
+    # --with-scheduler: retries wait their interval in RQ's scheduled registry (one worker at a time moves them back)
+    options = ["--with-scheduler", "--maintenance-interval", str(MAINTENANCE_INTERVAL_S)]
+    return [sys.executable, "-m", "rq.cli", "worker", "--url", settings.redis_url, *options, *queues]
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -97,6 +104,38 @@ def worker(args: argparse.Namespace) -> int:
     return subprocess.call(worker_command(settings))
 
 
+def prelabel(args: argparse.Namespace) -> int:
+    """Start (or report, or cancel) a whole-project pre-labelling run; ``--wait`` follows it to the end."""
+    from backend.prelabel import PrelabelError, Prelabels
+    from backend.settings import Settings
+
+    settings = Settings.from_env()
+    runs = Prelabels(settings)
+    if args.cancel:
+        state = runs.cancel(args.project)
+    elif args.status:
+        state = runs.status(args.project)
+    else:
+        try:
+            state = runs.start(args.project, args.ls_url or settings.label_studio_url, args.chunk_size)
+        except PrelabelError as exc:
+            log.error("%s", exc)
+            return 2
+    if state is None:
+        log.error("project %s has no pre-labelling run", args.project)
+        return 1
+    while args.wait and state["status"] in ("planning", "running"):
+        time.sleep(args.poll)
+        state = runs.status(args.project) or state
+        log.info(
+            "run %s: %s, %d/%d tasks (%d written, %d skipped, %d failed), %.2f tasks/s, ETA %s s",
+            state["run"], state["status"], state["done"], state["total"], state["written"], state["skipped"],
+            state["failed"], state["tasks_per_s"], state["eta_s"],
+        )  # fmt: skip
+    print(json.dumps(state, indent=2))
+    return 0 if state["status"] != "failed" else 1
+
+
 def _bench(argv: list[str]) -> int:
     """``kpassist bench ...``: the benchmarks live in the bench package, imported only for this command."""
     from bench.cli import main as bench_main
@@ -121,6 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=serve)
     p = sub.add_parser("worker", help="run an RQ worker on the training queue")
     p.set_defaults(func=worker)
+    p = sub.add_parser("prelabel", help="pre-label every task of a project on the RQ workers (kpassist worker)")
+    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    p.add_argument("--ls-url", default="", help="Label Studio URL (default: LABEL_STUDIO_URL)")
+    p.add_argument("--chunk-size", type=int, default=0, help="tasks per RQ job (default: KPASSIST_PRELABEL_CHUNK)")
+    p.add_argument("--wait", action="store_true", help="follow the run's progress until it ends")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between progress lines with --wait")
+    p.add_argument("--status", action="store_true", help="only report the project's latest run")
+    p.add_argument("--cancel", action="store_true", help="cancel the project's run")
+    p.set_defaults(func=prelabel)
     sub.add_parser("bench", help="benchmarks writing JSON reports (kpassist bench --help)")
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -156,7 +156,7 @@ class LockKeeper:
             log.warning("project lock %s had expired before release: %s", self.lock.name, err)
 
 
-def _job_logging() -> None:
+def job_logging() -> None:
     """rq configures only its own logger: give kpassist's loggers (progress lines) a handler in the job process."""
     if not logging.getLogger().handlers:
         level = os.environ.get("KPASSIST_LOG_LEVEL", "INFO").upper()
@@ -175,7 +175,7 @@ def limit_threads(n: int) -> None:
 
 def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
     """Fine-tune the project's model from its Label Studio annotations; returns the version record."""
-    _job_logging()
+    job_logging()
     settings = Settings.from_env()
     limit_threads(settings.train_threads)
     redis = redis_connection(settings.redis_url)
@@ -231,4 +231,17 @@ def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
         log.info(
             "project %s: training job done in %.0fs: %s %s", project, time.time() - t0, record["version"], record["decision"]
         )
+        if record["decision"] == "promote" and settings.prelabel_on_promote:
+            _prelabel_after_promotion(settings, project, conn.client.url)
         return {k: record[k] for k in ("version", "decision", "reason", "metrics")}
+
+
+def _prelabel_after_promotion(settings: Settings, project: int, ls_url: str) -> None:
+    """KPASSIST_PRELABEL_ON_PROMOTE: pre-label the whole project with the version just promoted (a run still going
+    is cancelled: its remaining chunks would write the old version's predictions)."""
+    from backend.prelabel import Prelabels
+
+    runs = Prelabels(settings)
+    runs.cancel(project)
+    state = runs.start(project, ls_url)
+    log.info("project %s: pre-labelling run %s started with the promoted version", project, state.get("run"))

@@ -1,4 +1,5 @@
-"""The little of Label Studio's REST API the backend needs: auth, task images, annotated tasks."""
+"""The little of Label Studio's REST API the backend needs: auth, task images, annotated tasks, task ids and
+predictions (pre-labelling)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,36 @@ class LabelStudioClient:
             if len(tasks) < page_size or page == max_pages:
                 return
             page += 1
+
+    def task_ids(self, project_id: int, page_size: int = 1000) -> list[int]:
+        """Every task id of a project, in id order (``include=id``: a few bytes per task, 10 requests for 10,000)."""
+        ids: list[int] = []
+        page = 1
+        while True:
+            params = {"project": project_id, "fields": "task_only", "include": "id", "page": page, "page_size": page_size}
+            resp = self._request("GET", "api/tasks/", params=params, allow_404=True)
+            if resp.status_code == 404:  # past the last page
+                break
+            body = resp.json()
+            tasks = body.get("tasks", []) if isinstance(body, dict) else body
+            ids.extend(int(t["id"]) for t in tasks)
+            if len(tasks) < page_size:
+                break
+            page += 1
+        return sorted(set(ids))
+
+    def tasks(self, project_id: int, ids: list[int]) -> list[dict]:
+        """The tasks ``ids`` of a project with their annotations and predictions (one request; LS's page size is
+        the number of ids)."""
+        query = {"selectedItems": {"all": False, "included": [int(i) for i in ids]}}
+        params = {"project": project_id, "fields": "all", "page": 1, "page_size": max(1, len(ids)), "query": json.dumps(query)}
+        body = self._request("GET", "api/tasks/", params=params).json()
+        return body.get("tasks", []) if isinstance(body, dict) else body
+
+    def create_prediction(self, task_id: int, result: list, score: float, model_version: str) -> dict:
+        """Store a prediction on a task (``POST /api/predictions``); returns LS's prediction object."""
+        body = {"task": int(task_id), "result": result, "score": score, "model_version": model_version}
+        return self._request("POST", "api/predictions/", json=body).json()
 
     def _request(self, method: str, path: str, auth: bool = True, allow_404: bool = False, **kwargs) -> requests.Response:
         url = self.absolute(path)

@@ -41,6 +41,10 @@ class BatchTooLargeError(ValueError):
     """More tasks in one /predict than KPASSIST_MAX_BATCH allows."""
 
 
+class TaskPredictionError(RuntimeError):
+    """One task got no prediction: its image is missing or unreadable, or the engine failed on it (the reason)."""
+
+
 @dataclass
 class Connection:
     """How to reach the Label Studio server of one project."""
@@ -191,16 +195,10 @@ class PredictionService:
         keys = [ref.key.replace(":", "").replace("+", "") for ref in refs if ref is not None]
         return engine_version + ("+support." + ".".join(keys) if keys else "")
 
-    def predict(
-        self, tasks: list[dict], controls: list[KeypointControl], project: int | None, conn: Connection
-    ) -> tuple[list, str]:
-        """Predictions and the model version they come from.
-
-        Returns one entry per task, in order: ``{"result": regions, "score": s}``, or ``[]`` (no
-        prediction stored) for a task that failed or when the project has no support annotation yet.
-        """
-        if len(tasks) > self.settings.max_batch:
-            raise BatchTooLargeError(f"{len(tasks)} tasks in one request; at most {self.settings.max_batch} (KPASSIST_MAX_BATCH)")
+    def prepare(self, project: int | None, controls: list[KeypointControl], conn: Connection) -> tuple[list, str]:
+        """The supports of ``project`` ready to predict with (features computed once, cached) and the model version
+        they give: ``([(control, CachedSupport), ...], version)``; a control without a usable support is left out
+        (logged)."""
         supports = []
         refs = self.find_supports(project, controls, conn)
         engine_version, make_predictor = self.engine(project)
@@ -217,6 +215,19 @@ class PredictionService:
                 supports.append((control, cached))
             except (ImageLoadError, SupportError) as exc:
                 log.error("project %s: support annotation %s unusable: %s", project, ref.annotation_id, exc)
+        return supports, self._version(refs, engine_version)
+
+    def predict(
+        self, tasks: list[dict], controls: list[KeypointControl], project: int | None, conn: Connection
+    ) -> tuple[list, str]:
+        """Predictions and the model version they come from.
+
+        Returns one entry per task, in order: ``{"result": regions, "score": s}``, or ``[]`` (no
+        prediction stored) for a task that failed or when the project has no support annotation yet.
+        """
+        if len(tasks) > self.settings.max_batch:
+            raise BatchTooLargeError(f"{len(tasks)} tasks in one request; at most {self.settings.max_batch} (KPASSIST_MAX_BATCH)")
+        supports, version = self.prepare(project, controls, conn)
         t0 = time.perf_counter()
         if not supports:
             results: list = [[] for _ in tasks]
@@ -224,10 +235,23 @@ class PredictionService:
             with ThreadPoolExecutor(max_workers=self.settings.predict_threads, thread_name_prefix="predict") as pool:
                 results = list(pool.map(lambda task: self._predict_task(task, supports, conn), tasks))
         log.info("project %s: %d tasks predicted in %.2fs", project, len(tasks), time.perf_counter() - t0)
-        return results, self._version(refs, engine_version)
+        return results, version
 
     def _predict_task(self, task: dict, supports: list, conn: Connection) -> dict | list:
         """One task's prediction, or ``[]`` when it fails (logged): a bad image or an engine error costs that task only."""
+        try:
+            return self.predict_one(task, supports, conn)
+        except TaskPredictionError as exc:
+            log.warning("task %s: no prediction: %s", task.get("id") if isinstance(task, dict) else None, exc)
+            return []
+
+    def predict_one(self, task: dict, supports: list, conn: Connection) -> dict:
+        """One task's prediction ``{"result": regions, "score": s}`` with ``supports`` from ``prepare``.
+
+        Raises:
+            TaskPredictionError: the task's image is missing or unreadable, or the engine failed on it (the
+                engine's traceback is logged).
+        """
         regions, scores = [], []
         images: dict[str, np.ndarray] = {}
         task_id = task.get("id") if isinstance(task, dict) else None
@@ -242,14 +266,13 @@ class PredictionService:
                 if ref not in images:
                     images[ref] = conn.fetcher.fetch(ref)
             except ImageLoadError as exc:
-                log.warning("task %s: skipped, %s", task_id, exc)
-                return []
+                raise TaskPredictionError(str(exc)) from exc
             image = images[ref]
             try:
                 pred = cached.predictor.predict([image])[0]
-            except Exception:  # one task's engine failure must not fail the batch: logged with its traceback
-                log.exception("task %s: the %s engine failed on its image %s; no prediction", task_id, cached.engine_version, ref)
-                return []
+            except Exception as exc:  # one task's engine failure must not fail the batch: logged with its traceback
+                log.exception("task %s: the %s engine failed on its image %s", task_id, cached.engine_version, ref)
+                raise TaskPredictionError(f"the {cached.engine_version} engine failed: {exc!r}") from exc
             h, w = image.shape[:2]
             found = points_to_regions(pred.names, pred.points, pred.scores, w, h, control, self.settings.score_threshold)
             regions.extend(found)

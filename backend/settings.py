@@ -38,6 +38,9 @@ class Settings:
     train_threads: int = 1  # KPASSIST_TRAIN_THREADS: torch/OpenCV threads of a training job (the rest serve /predict)
     max_loaded_models: int = 8  # KPASSIST_MAX_LOADED_MODELS: fine-tuned models kept loaded (least recently used dropped)
     max_supports: int = 256  # KPASSIST_MAX_SUPPORTS: support features cached, one per (project, control); LRU beyond
+    prelabel_chunk: int = 50  # KPASSIST_PRELABEL_CHUNK: tasks per pre-labelling RQ job (the unit a worker takes and retries)
+    prelabel_threads: int = 1  # KPASSIST_PRELABEL_THREADS: compute threads of a pre-labelling job (run a worker per core)
+    prelabel_on_promote: bool = False  # KPASSIST_PRELABEL_ON_PROMOTE: pre-label the whole project when a version is promoted
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -52,6 +55,8 @@ class Settings:
             "max_loaded_models",
             "max_supports",
             "train_threads",
+            "prelabel_chunk",
+            "prelabel_threads",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -104,6 +109,9 @@ class Settings:
             "train_threads": "KPASSIST_TRAIN_THREADS",
             "max_loaded_models": "KPASSIST_MAX_LOADED_MODELS",
             "max_supports": "KPASSIST_MAX_SUPPORTS",
+            "prelabel_chunk": "KPASSIST_PRELABEL_CHUNK",
+            "prelabel_threads": "KPASSIST_PRELABEL_THREADS",
+            "prelabel_on_promote": "KPASSIST_PRELABEL_ON_PROMOTE",
         }
         kwargs: dict[str, object] = {}
         types = {f.name: f.type for f in fields(cls)}
@@ -113,7 +121,18 @@ class Settings:
                 continue
             kind = types[attr]
             try:
-                kwargs[attr] = float(raw) if kind == "float" else int(raw) if kind == "int" else raw
+                kwargs[attr] = _parse(raw, kind)
             except ValueError as exc:
                 raise SettingsError(f"{var}={raw!r} is not a valid {kind}") from exc
         return cls(**kwargs)
+
+
+def _parse(raw: str, kind: str) -> object:
+    """An environment value as the field's type; raises ValueError when it is not one."""
+    if kind == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    return float(raw) if kind == "float" else int(raw) if kind == "int" else raw

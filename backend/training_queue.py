@@ -189,10 +189,10 @@ class TrainingQueue:
 
 
 def clear_namespace(url: str, name: str) -> None:
-    """Delete the RQ queues' jobs (training and index) and kpassist's keys of that namespace (tests and benchmarks on
+    """Delete the RQ queues' jobs (training, index, pre-labelling) and kpassist's keys of that namespace (tests and benchmarks on
     a shared Redis)."""
     r = Redis.from_url(url)
-    for queue_name in (name, index_queue_name(name)):
+    for queue_name in (name, index_queue_name(name), f"{name}-prelabel"):
         q = Queue(queue_name, connection=r)
         ids = set(q.get_job_ids())
         for reg in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):

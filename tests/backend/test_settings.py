@@ -39,3 +39,11 @@ def test_training_threads_are_bounded_and_checked() -> None:
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
+
+
+def test_boolean_settings() -> None:
+    assert Settings().prelabel_on_promote is False
+    assert Settings.from_env({"KPASSIST_PRELABEL_ON_PROMOTE": "true"}).prelabel_on_promote is True
+    assert Settings.from_env({"KPASSIST_PRELABEL_ON_PROMOTE": "0"}).prelabel_on_promote is False
+    with pytest.raises(SettingsError, match="KPASSIST_PRELABEL_ON_PROMOTE"):
+        Settings.from_env({"KPASSIST_PRELABEL_ON_PROMOTE": "maybe"})
