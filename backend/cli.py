@@ -31,15 +31,17 @@ def _redis_reachable(url: str) -> bool:
 MAINTENANCE_INTERVAL_S = 60  # how often a worker re-queues the jobs of workers that died (after their heartbeat expired)
 
 
-def worker_command(settings: Settings) -> list[str]:
-    """An RQ worker on the index queue (short reconciles first), the training queue and the pre-labelling queue."""
+def worker_queues(settings: Settings) -> list[str]:
+    """The RQ queues a kpassist worker takes jobs from, in order: index reconciles (short), training, pre-labelling."""
     from backend.prelabel import prelabel_queue_name
     from backend.training_queue import index_queue_name
 
-    queues = [index_queue_name(settings.queue_name), settings.queue_name, prelabel_queue_name(settings.queue_name)]
-    # --with-scheduler: retries wait their interval in RQ's scheduled registry (one worker at a time moves them back)
-    options = ["--with-scheduler", "--maintenance-interval", str(MAINTENANCE_INTERVAL_S)]
-    return [sys.executable, "-m", "rq.cli", "worker", "--url", settings.redis_url, *options, *queues]
+    return [index_queue_name(settings.queue_name), settings.queue_name, prelabel_queue_name(settings.queue_name)]
+
+
+def worker_command(settings: Settings) -> list[str]:
+    """``kpassist worker`` as a child process of ``kpassist serve``."""
+    return [sys.executable, "-m", "backend.cli", "worker"]
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -98,10 +100,23 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
+    """An RQ worker on ``worker_queues``. The job modules (and torch, OpenCV) are imported here, once: RQ forks a work
+    horse per job, which inherits them instead of importing them again for every chunk."""
+    from redis import Redis
+    from rq import Worker
+
+    import backend.annotation_index
+    import backend.jobs
+    import backend.prelabel  # noqa: F401 - preloaded for the forked work horses
     from backend.settings import Settings
 
     settings = Settings.from_env()
-    return subprocess.call(worker_command(settings))
+    queues = worker_queues(settings)
+    w = Worker(queues, connection=Redis.from_url(settings.redis_url), maintenance_interval=MAINTENANCE_INTERVAL_S)
+    log.info("kpassist worker on %s (Redis %s)", ", ".join(queues), settings.redis_url)
+    # with_scheduler: retries wait their interval in RQ's scheduled registry (one worker at a time moves them back)
+    w.work(with_scheduler=True)
+    return 0
 
 
 def prelabel(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from redis.exceptions import LockError, RedisError
 
 from backend.convert import percent_to_pixels
 from backend.events import EventLog
+from backend.job_process import job_logging, limit_threads
 from backend.label_config import KeypointControl, parse_keypoint_controls
 from backend.service import PredictionService, project_store
 from backend.settings import Settings
@@ -154,23 +155,6 @@ class LockKeeper:
             self.lock.release()
         except LockError as err:  # expired (or taken) already: nothing of ours to release
             log.warning("project lock %s had expired before release: %s", self.lock.name, err)
-
-
-def job_logging() -> None:
-    """rq configures only its own logger: give kpassist's loggers (progress lines) a handler in the job process."""
-    if not logging.getLogger().handlers:
-        level = os.environ.get("KPASSIST_LOG_LEVEL", "INFO").upper()
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def limit_threads(n: int) -> None:
-    """Bound the compute threads of this (job) process: torch's intra-op pool and OpenCV's, so training leaves the
-    machine's other cores to /predict."""
-    import cv2
-    import torch
-
-    torch.set_num_threads(n)
-    cv2.setNumThreads(n)
 
 
 def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:

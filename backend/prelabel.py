@@ -173,7 +173,7 @@ def chunk_failed(job, connection, type, value, traceback) -> None:  # noqa: A002
 
 def _job_context(data_dir: str, ls_url: str):
     """(settings, PredictionService, Connection) of a job process, from the worker's environment."""
-    from backend.jobs import job_logging, limit_threads
+    from backend.job_process import job_logging, limit_threads
     from backend.service import PredictionService
 
     job_logging()

@@ -16,7 +16,7 @@ THREADS_HELP = "torch/OpenCV threads, as KPASSIST_TRAIN_THREADS gives a training
 
 
 def limit_threads(n: int) -> None:
-    from backend.jobs import limit_threads as limit
+    from backend.job_process import limit_threads as limit
 
     limit(n)
 
@@ -144,6 +144,19 @@ def bench_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_prelabel(args: argparse.Namespace) -> int:
+    from bench.prelabel import run_prelabel_bench
+
+    report = run_prelabel_bench(Path(args.data), args.tasks, tuple(args.workers), args.kill_tasks, args.chunk, args.frames)
+    _write(report, args.out)
+    for row in report["runs"] + ([report["kill"]] if "kill" in report else []):
+        print(
+            f"{row['workers']} worker(s), {row['tasks']} tasks: {row['status']}, {row['tasks_per_s_wall']:.2f} tasks/s, "
+            f"{row['written']} written, {row['failed']} failed, exactly one prediction each: {row['exactly_one_each']}"
+        )
+    return 0
+
+
 def bench_scale_ls(args: argparse.Namespace) -> int:
     from bench.scale_ls import run_scale_ls_bench
 
@@ -228,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--backend-dir", default="", help="its source folder (default: this checkout)")
     b.add_argument("--out", default="bench-out/scale-ls.json")
     b.set_defaults(func=bench_scale_ls)
+    b = bench.add_parser("prelabel", help="whole-project pre-labelling on 1 and 2 RQ workers, and a worker killed mid-chunk")
+    b.add_argument("--data", default="../shared/data", help="folder holding dlc__openfield_mouse")
+    b.add_argument("--tasks", type=int, default=1000, help="tasks per project")
+    b.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker processes of each run (1 thread each)")
+    b.add_argument("--kill-tasks", type=int, default=200, help="tasks of the run whose worker is killed (0: no such run)")
+    b.add_argument("--chunk", type=int, default=50, help="KPASSIST_PRELABEL_CHUNK")
+    b.add_argument("--frames", type=int, default=50, help="distinct mouse frames the tasks cycle through")
+    b.add_argument("--out", default="bench-out/prelabel.json")
+    b.set_defaults(func=bench_prelabel)
     b = bench.add_parser("contention", help="/predict latency idle and while the worker trains, per KPASSIST_TRAIN_THREADS")
     b.add_argument("--data", default="../shared/data", help="folder holding dlc__openfield_mouse")
     b.add_argument("--threads", type=int, nargs="+", default=[1, 2])

@@ -20,7 +20,7 @@ from kp_model.config import JsonConfig
 from kp_model.kptllm.checkpoint import load_checkpoint
 from kp_model.kptllm.modeling import KptLLM
 from kp_model.kptllm.predictor import KptLLMPredictor
-from kp_model.oneshot.matcher import OneShotConfig
+from kp_model.oneshot.matcher import ONESHOT_REVISION, OneShotConfig
 from kp_model.oneshot.predictor import OneShotPredictor
 from kp_model.predictor import Predictor
 
@@ -52,8 +52,10 @@ class PredictorConfig(JsonConfig):
 
     @property
     def version(self) -> str:
-        """Short stable name of this engine + settings, used as the model version."""
-        digest = hashlib.sha1(self.to_json().encode()).hexdigest()[:8]
+        """Short stable name of this engine + settings (+ the oneshot code's revision), used as the model version:
+        Label Studio re-predicts when it changes."""
+        text = self.to_json() + (f"/r{ONESHOT_REVISION}" if self.engine == "oneshot" else "")
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
         return f"{self.engine}-{digest}"
 
 

@@ -64,16 +64,26 @@ class PooledChannels:
         n = cfg.orientations
         period = 2 * np.pi if cfg.signed else np.pi
         angle = (np.arctan2(gy, gx) % period) * (n / period)
-        lower = np.floor(angle).astype(np.int64) % n
-        frac = angle - np.floor(angle)
-        channels = np.zeros((self.height, self.width, n + 3), np.float32)
-        rows, cols = np.indices((self.height, self.width))
-        channels[rows, cols, lower] += magnitude * (1 - frac)
-        channels[rows, cols, (lower + 1) % n] += magnitude * frac
+        floor = np.floor(angle)
+        lower = floor.astype(np.int32) % n
+        upper = (lower + 1) % n
+        high = magnitude * (angle - floor)  # the share of the upper bin
+        low = magnitude - high
+        channels = np.empty((self.height, self.width, n + 3), np.float32)
+        for b in range(n):
+            channels[..., b] = np.where(lower == b, low, 0.0) + np.where(upper == b, high, 0.0)
         channels[..., n:] = lab
         self.norm_floor = float(magnitude.mean()) * 2.0 + 1e-3  # keeps flat regions from being amplified
         self.valid = None if valid is None else valid.astype(np.float32)[..., None]
-        self.pooled = [_blur(channels, s * cfg.object_size) for s in cfg.sigmas]  # three (H, W, n + 3) maps
+        self._channels = channels
+        self._pooled: list[np.ndarray] | None = None
+
+    @property
+    def pooled(self) -> list[np.ndarray]:
+        """The channels Gaussian-pooled at the three descriptor sigmas: three (H, W, n + 3) maps (built on first use)."""
+        if self._pooled is None:
+            self._pooled = [_blur(self._channels, s * self.cfg.object_size) for s in self.cfg.sigmas]
+        return self._pooled
 
     def describe(self, points: np.ndarray) -> np.ndarray:
         """Descriptors at points.
@@ -102,10 +112,11 @@ class PooledChannels:
         weights = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
         return (blocks * weights[..., None]).reshape(len(points), -1).astype(np.float32)
 
-    def _normalise(self, samples: np.ndarray) -> np.ndarray:
-        """(N, n_blocks, C) pooled samples -> unit-norm zero-mean blocks (histogram normalised, colour weighted)."""
+    def _normalise(self, samples: np.ndarray, copy: bool = True) -> np.ndarray:
+        """(N, n_blocks, C) pooled samples -> unit-norm zero-mean blocks (histogram normalised, colour weighted);
+        ``copy=False`` normalises a float32 ``samples`` in place."""
         n = self.cfg.orientations
-        blocks = np.array(samples, dtype=np.float32)  # a copy, normalised in place
+        blocks = np.array(samples, dtype=np.float32) if copy else samples
         hist = blocks[..., :n]
         hist /= (np.sqrt(np.einsum("ijk,ijk->ij", hist, hist)) + self.norm_floor)[..., None]
         blocks[..., n:] *= self.cfg.colour_weight
@@ -116,35 +127,40 @@ class PooledChannels:
     def dense(self) -> tuple[np.ndarray, np.ndarray]:
         """Descriptors on a regular grid of step ``cfg.stride``.
 
+        The channels are area-averaged over ``stride`` x ``stride`` cells first and pooled at that resolution
+        (sigma / stride): the same Gaussian pooling to within the cell's box filter (variance stride^2 / 12 px^2
+        against sigma^2 >= 10 px^2), at 1 / stride^2 of the cost. Grid positions are the cells' centres.
+
         Returns:
             (Hg*Wg, D) descriptors and (Hg, Wg, 2) grid of their (x, y) working-pixel positions.
         """
         s = self.cfg.stride
-        ys = np.arange(0, self.height, s, dtype=np.float32)
-        xs = np.arange(0, self.width, s, dtype=np.float32)
-        gx, gy = np.meshgrid(xs, ys)
+        hg, wg = -(-self.height // s), -(-self.width // s)
+        channels = self._channels
+        if s > 1:  # pad to whole cells (edge values), then average each cell
+            channels = np.pad(channels, ((0, hg * s - self.height), (0, wg * s - self.width), (0, 0)), mode="edge")
+            channels = cv2.resize(channels, (wg, hg), interpolation=cv2.INTER_AREA).reshape(hg, wg, -1)
+        pooled = [_blur(channels, sigma * self.cfg.object_size / s) for sigma in self.cfg.sigmas]
+        # a block's normalisation depends on its own sample only: normalise each pooled cell once, then gather
+        pooled = [self._normalise(p.reshape(-1, 1, p.shape[2]), copy=False).reshape(p.shape) for p in pooled]
+        centre = (s - 1) / 2
+        gx, gy = np.meshgrid(np.arange(wg, dtype=np.float32) * s + centre, np.arange(hg, dtype=np.float32) * s + centre)
         grid = np.stack([gx, gy], axis=-1)
-        # integer shifts of edge-padded maps: pooling sigmas are >= 3 px, so rounding offsets is harmless
-        offsets = _sample_offsets(self.cfg)
+        # integer shifts (in cells) of edge-padded maps: pooling sigmas are >= 1.5 cells, so rounding offsets is harmless
+        offsets = [(level, (dx / s, dy / s)) for level, (dx, dy) in _sample_offsets(self.cfg)]
         pad = int(np.ceil(max(max(abs(dx), abs(dy)) for _, (dx, dy) in offsets))) + 1
-        padded = [np.pad(p, ((pad, pad), (pad, pad), (0, 0)), mode="edge") for p in self.pooled]
-        hg, wg = grid.shape[:2]
-        samples = np.empty((hg, wg, len(offsets), self.pooled[0].shape[2]), np.float32)
+        padded = [np.pad(p, ((pad, pad), (pad, pad), (0, 0)), mode="edge") for p in pooled]
+        samples = np.empty((hg, wg, len(offsets), pooled[0].shape[2]), np.float32)
         for i, (level, (dx, dy)) in enumerate(offsets):
             oy, ox = pad + int(round(dy)), pad + int(round(dx))
-            samples[:, :, i] = padded[level][oy : oy + self.height : s, ox : ox + self.width : s]
-        blocks = self._normalise(samples.reshape(hg * wg, len(offsets), -1))
-        return blocks.reshape(hg * wg, -1), grid
+            samples[:, :, i] = padded[level][oy : oy + hg, ox : ox + wg]
+        return samples.reshape(hg * wg, -1), grid
 
 
 def _blur(channels: np.ndarray, sigma: float) -> np.ndarray:
-    out = np.empty_like(channels)
-    for start in range(0, channels.shape[2], 4):  # cv2 filters handle up to 4 channels at once
-        stop = min(start + 4, channels.shape[2])
-        out[..., start:stop] = cv2.GaussianBlur(
-            np.ascontiguousarray(channels[..., start:stop]), (0, 0), sigma, borderType=cv2.BORDER_REFLECT
-        ).reshape(channels.shape[0], channels.shape[1], stop - start)
-    return out
+    """Gaussian blur of an (H, W, C) float32 map, all C channels in one OpenCV call."""
+    out = cv2.GaussianBlur(np.ascontiguousarray(channels, np.float32), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return out.reshape(channels.shape)
 
 
 def _sample_offsets(cfg: DescriptorConfig) -> list[tuple[int, tuple[float, float]]]:

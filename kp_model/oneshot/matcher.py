@@ -28,6 +28,8 @@ from kp_model.config import JsonConfig
 from kp_model.oneshot.descriptors import DescriptorConfig, PooledChannels, _bilinear
 from kp_model.oneshot.encoder import EncoderChannels, EncoderConfig, PatchEncoder
 
+ONESHOT_REVISION = 2  # bumped when the same settings give other predictions (2: query descriptors pooled on the grid)
+
 
 @dataclass(frozen=True)
 class OneShotConfig(JsonConfig):

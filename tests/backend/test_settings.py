@@ -27,7 +27,7 @@ def test_training_threads_are_bounded_and_checked() -> None:
     import cv2
     import torch
 
-    from backend.jobs import limit_threads
+    from backend.job_process import limit_threads
 
     assert Settings.from_env({"KPASSIST_TRAIN_THREADS": "2"}).train_threads == 2 and Settings().train_threads == 1
     with pytest.raises(SettingsError, match="train_threads"):
