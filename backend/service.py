@@ -66,8 +66,10 @@ class PredictionService:
         self.predictor_cfg = predictor_cfg or (
             PredictorConfig.from_file(settings.engine_config) if settings.engine_config else PredictorConfig()
         )
-        self.supports = SupportCache(settings.max_supports)
-        self.models = ModelCache(settings.max_loaded_models)  # fine-tuned checkpoints, shared by the supports using them
+        self.supports = SupportCache(settings.max_supports, settings.max_support_mb << 20)
+        self.models = ModelCache(
+            settings.max_loaded_models, settings.max_model_mb << 20
+        )  # fine-tuned checkpoints, shared by the supports using them
         self._connections: dict[tuple[str, str], Connection] = {}
         self._lock = threading.Lock()
         self.training: TrainingQueue | None = None  # set by the app (None: events are recorded nowhere, no training)

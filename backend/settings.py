@@ -38,6 +38,8 @@ class Settings:
     train_threads: int = 1  # KPASSIST_TRAIN_THREADS: torch/OpenCV threads of a training job (the rest serve /predict)
     max_loaded_models: int = 8  # KPASSIST_MAX_LOADED_MODELS: fine-tuned models kept loaded (least recently used dropped)
     max_supports: int = 256  # KPASSIST_MAX_SUPPORTS: support features cached, one per (project, control); LRU beyond
+    max_support_mb: int = 1024  # KPASSIST_MAX_SUPPORT_MB: support features cached at most (MB); LRU beyond
+    max_model_mb: int = 8192  # KPASSIST_MAX_MODEL_MB: fine-tuned model weights kept loaded at most (MB); LRU beyond
     prelabel_chunk: int = 50  # KPASSIST_PRELABEL_CHUNK: tasks per pre-labelling RQ job (the unit a worker takes and retries)
     prelabel_threads: int = 1  # KPASSIST_PRELABEL_THREADS: compute threads of a pre-labelling job (run a worker per core)
     prelabel_on_promote: bool = False  # KPASSIST_PRELABEL_ON_PROMOTE: pre-label the whole project when a version is promoted
@@ -57,6 +59,8 @@ class Settings:
             "train_threads",
             "prelabel_chunk",
             "prelabel_threads",
+            "max_support_mb",
+            "max_model_mb",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -109,6 +113,8 @@ class Settings:
             "train_threads": "KPASSIST_TRAIN_THREADS",
             "max_loaded_models": "KPASSIST_MAX_LOADED_MODELS",
             "max_supports": "KPASSIST_MAX_SUPPORTS",
+            "max_support_mb": "KPASSIST_MAX_SUPPORT_MB",
+            "max_model_mb": "KPASSIST_MAX_MODEL_MB",
             "prelabel_chunk": "KPASSIST_PRELABEL_CHUNK",
             "prelabel_threads": "KPASSIST_PRELABEL_THREADS",
             "prelabel_on_promote": "KPASSIST_PRELABEL_ON_PROMOTE",

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from backend.convert import AnnotationFormatError, LabelledPoints, percent_to_pixels, regions_to_points
 from backend.label_config import KeypointControl
+from kp_model.memory import array_bytes
 from kp_model.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -90,16 +91,22 @@ class CachedSupport:
     ref: SupportRef
     predictor: Predictor
     engine_version: str = ""
+    nbytes: int = 0  # its features' size (kp_model.memory.array_bytes)
 
 
 class SupportCache:
     """Per (project, control) support predictors; rebuilt only when the support annotation or the served
-    engine version changes. At most ``max_items`` are kept, the least recently used dropped first."""
+    engine version changes. At most ``max_items`` are kept, holding at most ``max_bytes`` of features (numpy arrays
+    and tensors, kp_model.memory.array_bytes), the least recently used dropped first (the newest is always kept)."""
 
-    def __init__(self, max_items: int = 256) -> None:
+    def __init__(self, max_items: int = 256, max_bytes: int = 1 << 30) -> None:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.nbytes = 0  # features held now
         self._items: OrderedDict[tuple[int, str], CachedSupport] = OrderedDict()
         self._lock = threading.Lock()  # guards the dicts; building a support holds only its key's lock
         self._key_locks: dict[tuple[int, str], threading.Lock] = {}
@@ -133,13 +140,15 @@ class SupportCache:
             h, w = image.shape[:2]
             predictor = make_predictor()
             predictor.set_support(image, percent_to_pixels(ref.xy_percent, w, h), list(ref.names))
-            cached = CachedSupport(ref, predictor, engine_version)
+            cached = CachedSupport(ref, predictor, engine_version, array_bytes(predictor))
             with self._lock:
                 self.builds += 1
+                old = self._items.pop(key, None)
+                self.nbytes += cached.nbytes - (old.nbytes if old else 0)
                 self._items[key] = cached
-                self._items.move_to_end(key)
-                while len(self._items) > self.max_items:
-                    dropped, _ = self._items.popitem(last=False)
+                while len(self._items) > 1 and (len(self._items) > self.max_items or self.nbytes > self.max_bytes):
+                    dropped, gone = self._items.popitem(last=False)
+                    self.nbytes -= gone.nbytes
                     self._key_locks.pop(dropped, None)
             log.info(
                 "project %s: support set from annotation %s (task %s, %d keypoints)",

@@ -20,6 +20,7 @@ from kp_model.config import JsonConfig
 from kp_model.kptllm.checkpoint import load_checkpoint
 from kp_model.kptllm.modeling import KptLLM
 from kp_model.kptllm.predictor import KptLLMPredictor
+from kp_model.memory import model_bytes
 from kp_model.oneshot.matcher import ONESHOT_REVISION, OneShotConfig
 from kp_model.oneshot.predictor import OneShotPredictor
 from kp_model.predictor import Predictor
@@ -61,12 +62,18 @@ class PredictorConfig(JsonConfig):
 
 class ModelCache:
     """Loaded kptllm checkpoints, shared by the predictors built from them; the least recently used is dropped
-    beyond ``max_models`` (each tiny model holds about 4 MB of weights plus its tokenizer; a real one GBs)."""
+    beyond ``max_models`` models or ``max_bytes`` of weights (each tiny model holds about 4 MB of weights plus its
+    tokenizer; a real one GBs); the model just loaded is always kept."""
 
-    def __init__(self, max_models: int = 8) -> None:
+    def __init__(self, max_models: int = 8, max_bytes: int = 8 << 30) -> None:
         if max_models < 1:
             raise ValueError(f"max_models must be >= 1, got {max_models}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self.max_models = max_models
+        self.max_bytes = max_bytes
+        self.nbytes = 0  # weights held now
+        self._sizes: dict[tuple[str, str], int] = {}
         self._models: OrderedDict[tuple[str, str], KptLLM] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0  # checkpoints read from disk (observability, tests)
@@ -86,10 +93,13 @@ class ModelCache:
             model = load_checkpoint(checkpoint, device=device)
             self.loads += 1
             self._models[key] = model
-            while len(self._models) > self.max_models:
+            self._sizes[key] = model_bytes(model)
+            self.nbytes += self._sizes[key]
+            while len(self._models) > 1 and (len(self._models) > self.max_models or self.nbytes > self.max_bytes):
                 dropped, _ = self._models.popitem(last=False)
+                self.nbytes -= self._sizes.pop(dropped)
                 self.evictions += 1
-                log.info("model cache full (%d): dropped %s", self.max_models, dropped[0])
+                log.info("model cache full (%d models, %d MB): dropped %s", len(self._models), self.nbytes >> 20, dropped[0])
             log.info("loaded %s in %.2fs", checkpoint, time.perf_counter() - t0)
             return model
 

@@ -98,3 +98,20 @@ def test_cache_is_bounded_least_recently_used_first(blob_image) -> None:
     assert cache.builds == 3  # still cached
     get(2)
     assert cache.builds == 4  # was dropped
+
+
+def test_cache_is_bounded_in_bytes_too(blob_image) -> None:
+    image, pts = blob_image()
+    pct = tuple((float(x) * 100 / 160, float(y) * 100 / 120) for x, y in pts)
+    cache = SupportCache(max_items=10, max_bytes=1)  # smaller than any support: only the newest stays
+
+    def get(project: int) -> object:
+        ref = SupportRef(project, "t", 1, "img", ("a", "b", "c"), pct)
+        return cache.get(project, CONTROL, ref, lambda r: image, lambda: build_predictor(PredictorConfig()), "e")
+
+    get(1), get(2)
+    assert len(cache) == 1 and cache.nbytes > 1  # the newest is kept even over the cap
+    get(2)
+    assert cache.builds == 2
+    get(1)
+    assert cache.builds == 3  # was dropped for its bytes

@@ -124,3 +124,11 @@ def test_predict_returns_numpy_in_pixels(blob_image, blob_names) -> None:
     predictor.set_support(image, pts, blob_names)
     [pred] = predictor.predict([image])
     assert isinstance(pred.points, np.ndarray) and np.abs(pred.points - pts).max() < 10  # same image: near its points
+
+
+def test_model_cache_is_bounded_in_bytes(tmp_path: Path, small_model) -> None:
+    paths = [str(save_checkpoint(small_model(), tmp_path / f"v{i}")) for i in range(2)]
+    cache = ModelCache(max_models=8, max_bytes=1)  # smaller than any model: only the newest stays loaded
+    for p in paths:
+        build_predictor(PredictorConfig(engine="kptllm", checkpoint=p), cache)
+    assert len(cache) == 1 and cache.evictions == 1 and cache.nbytes > 1
