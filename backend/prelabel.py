@@ -115,6 +115,7 @@ class Prelabels:
         out["tasks_per_s"] = round(out["done"] / (end - started), 3) if started and end > started else 0.0
         left = out["total"] - out["done"]
         out["eta_s"] = round(left / out["tasks_per_s"], 1) if out["tasks_per_s"] > 0 and h["status"] in ACTIVE else None
+        out["seconds"] = {k[len("seconds_") :]: round(float(v), 2) for k, v in h.items() if k.startswith("seconds_")}
         out["failures"] = [json.loads(f) for f in self.redis.lrange(key + ":failures", 0, 49)]
         return out
 
@@ -251,9 +252,13 @@ def prelabel_chunk(project: int, run: str, task_ids: list[int], data_dir: str, l
     if not live():
         return {"run": run, "status": "cancelled", **counts}
     t0 = time.perf_counter()
+    seconds: dict[str, float] = {}  # where the chunk's time goes (summed over the run: the per-task cost breakdown)
     controls = parse_keypoint_controls(conn.client.project(project).get("label_config") or "")
     supports, version = service.prepare(project, controls, conn)
+    seconds["support"] = time.perf_counter() - t0
+    tick = time.perf_counter()
     tasks = conn.client.tasks(project, task_ids)
+    seconds["read_tasks"] = time.perf_counter() - tick
     gone = sorted(set(task_ids) - {t["id"] for t in tasks})
     for task in [*tasks, *({"id": i, "gone": True} for i in gone)]:
         if not live():
@@ -269,11 +274,13 @@ def prelabel_chunk(project: int, run: str, task_ids: list[int], data_dir: str, l
             outcome, reason = "failed", "the project has no usable support annotation"
         else:
             try:
-                pred = service.predict_one(task, supports, conn)
+                pred = service.predict_one(task, supports, conn, seconds)
             except TaskPredictionError as exc:
                 outcome, reason = "failed", str(exc)
             else:
+                tick = time.perf_counter()
                 conn.client.create_prediction(task["id"], pred["result"], pred["score"], version)
+                seconds["store"] = seconds.get("store", 0.0) + time.perf_counter() - tick
                 outcome = "written"
                 _fault_once(data_dir)
         counts[outcome] += 1
@@ -287,6 +294,10 @@ def prelabel_chunk(project: int, run: str, task_ids: list[int], data_dir: str, l
                 pipe.execute()
         if reason is not None:
             log.warning("project %s: task %s not pre-labelled: %s", project, task["id"], reason)
+    with redis.pipeline() as pipe:
+        for part, value in seconds.items():
+            pipe.hincrbyfloat(key, f"seconds_{part}", value)
+        pipe.execute()
     state = _chunk_finished(redis, key, run)
     log.info(
         "project %s: pre-labelling run %s: chunk of %d tasks in %.1fs (%d written, %d skipped, %d failed); run %d/%d tasks, "

@@ -247,8 +247,9 @@ class PredictionService:
             log.warning("task %s: no prediction: %s", task.get("id") if isinstance(task, dict) else None, exc)
             return []
 
-    def predict_one(self, task: dict, supports: list, conn: Connection) -> dict:
-        """One task's prediction ``{"result": regions, "score": s}`` with ``supports`` from ``prepare``.
+    def predict_one(self, task: dict, supports: list, conn: Connection, seconds: dict[str, float] | None = None) -> dict:
+        """One task's prediction ``{"result": regions, "score": s}`` with ``supports`` from ``prepare``; ``seconds``
+        (optional) accumulates the time spent reading images ("image": download + decode) and in the engine.
 
         Raises:
             TaskPredictionError: the task's image is missing or unreadable, or the engine failed on it (the
@@ -266,12 +267,18 @@ class PredictionService:
                         f"task needs data.{control.image_field}: the image URL for <Image name={control.to_name}>"
                     )
                 if ref not in images:
+                    t0 = time.perf_counter()
                     images[ref] = conn.fetcher.fetch(ref)
+                    if seconds is not None:
+                        seconds["image"] = seconds.get("image", 0.0) + time.perf_counter() - t0
             except ImageLoadError as exc:
                 raise TaskPredictionError(str(exc)) from exc
             image = images[ref]
             try:
+                t0 = time.perf_counter()
                 pred = cached.predictor.predict([image])[0]
+                if seconds is not None:
+                    seconds["engine"] = seconds.get("engine", 0.0) + time.perf_counter() - t0
             except Exception as exc:  # one task's engine failure must not fail the batch: logged with its traceback
                 log.exception("task %s: the %s engine failed on its image %s", task_id, cached.engine_version, ref)
                 raise TaskPredictionError(f"the {cached.engine_version} engine failed: {exc!r}") from exc

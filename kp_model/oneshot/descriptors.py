@@ -50,7 +50,9 @@ class PooledChannels:
             descriptor samples falling where it is < 0.5 are left out of the similarity.
     """
 
-    def __init__(self, image: np.ndarray, cfg: DescriptorConfig, valid: np.ndarray | None = None) -> None:
+    def __init__(
+        self, image: np.ndarray, cfg: DescriptorConfig, valid: np.ndarray | None = None, norm_floor: float | None = None
+    ) -> None:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         self.cfg = cfg
@@ -73,7 +75,8 @@ class PooledChannels:
         for b in range(n):
             channels[..., b] = np.where(lower == b, low, 0.0) + np.where(upper == b, high, 0.0)
         channels[..., n:] = lab
-        self.norm_floor = float(magnitude.mean()) * 2.0 + 1e-3  # keeps flat regions from being amplified
+        # keeps flat regions from being amplified; a crop of a bigger image passes the whole image's (norm_floor_of)
+        self.norm_floor = norm_floor if norm_floor is not None else float(magnitude.mean()) * 2.0 + 1e-3
         self.valid = None if valid is None else valid.astype(np.float32)[..., None]
         self._channels = channels
         self._pooled: list[np.ndarray] | None = None
@@ -155,6 +158,20 @@ class PooledChannels:
             oy, ox = pad + int(round(dy)), pad + int(round(dx))
             samples[:, :, i] = padded[level][oy : oy + hg, ox : ox + wg]
         return samples.reshape(hg * wg, -1), grid
+
+
+def norm_floor_of(image: np.ndarray) -> float:
+    """The histogram-normalisation floor PooledChannels computes for a whole (H, W, 3) uint8 RGB image."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32) / 255.0
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    return float(np.sqrt(gx * gx + gy * gy).mean()) * 2.0 + 1e-3
+
+
+def describe_margin(cfg: DescriptorConfig) -> int:
+    """Pixels around a point that its descriptor reads: the outer ring, the widest pooling kernel (OpenCV's float
+    Gaussian reaches 4 sigma), the gradient and bilinear sampling. A crop this much bigger gives the same descriptor."""
+    return int(np.ceil((cfg.ring_radii[1] + 4 * max(cfg.sigmas)) * cfg.object_size)) + 4
 
 
 def _blur(channels: np.ndarray, sigma: float) -> np.ndarray:

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from kp_model.config import JsonConfig
-from kp_model.oneshot.descriptors import DescriptorConfig, PooledChannels, _bilinear
+from kp_model.oneshot.descriptors import DescriptorConfig, PooledChannels, _bilinear, describe_margin, norm_floor_of
 from kp_model.oneshot.encoder import EncoderChannels, EncoderConfig, PatchEncoder
 
 ONESHOT_REVISION = 2  # bumped when the same settings give other predictions (2: query descriptors pooled on the grid)
@@ -171,15 +171,25 @@ class OneShotMatcher:
         c = centre + pad
         descs, cross, offsets, rotations = [], [], [], []
         angles = cfg.angles()
+        size = (canvas.shape[1], canvas.shape[0])
+        margin = describe_margin(dcfg)
         for a in angles:
             rot = cv2.getRotationMatrix2D((float(c[0]), float(c[1])), float(np.rad2deg(-a)), 1.0)
-            rotated = cv2.warpAffine(canvas, rot, (canvas.shape[1], canvas.shape[0]), borderMode=cv2.BORDER_REFLECT)
-            rotated_inside = cv2.warpAffine(inside, rot, (canvas.shape[1], canvas.shape[0]), borderValue=0)
             rp = (pts + pad) @ rot[:, :2].T + rot[:, 2]
-            descs.append(self._channels(rotated, dcfg, rotated_inside).describe(rp))
+            rotated = cv2.warpAffine(canvas, rot, size, borderMode=cv2.BORDER_REFLECT)
             if self.encoder is None:
-                cross.append(PooledChannels(rotated, cfg.cross_descriptor, rotated_inside).describe(rp))
+                # descriptors read only ``margin`` px around the keypoints: describe a crop of the rotated canvas
+                # (the same values, at a fraction of the cost), normalised with the whole canvas's floor
+                floor = norm_floor_of(rotated)
+                x0, y0 = np.maximum(np.floor(rp.min(axis=0) - margin).astype(int), 0)
+                x1, y1 = np.minimum(np.ceil(rp.max(axis=0) + margin).astype(int) + 1, size)
+                crop, crop_inside = rotated[y0:y1, x0:x1], cv2.warpAffine(inside, rot, size, borderValue=0)[y0:y1, x0:x1]
+                local = rp - (x0, y0)
+                descs.append(PooledChannels(crop, dcfg, crop_inside, floor).describe(local))
+                cross.append(PooledChannels(crop, cfg.cross_descriptor, crop_inside, floor).describe(local))
             else:  # encoder features serve both cases
+                rotated_inside = cv2.warpAffine(inside, rot, size, borderValue=0)
+                descs.append(self._channels(rotated, dcfg, rotated_inside).describe(rp))
                 cross.append(descs[-1])
             offsets.append(rp - c)
             rotations.append(rot[:, :2])
