@@ -121,6 +121,8 @@ def _run(api, backend, pid, workers: int, env: dict, workdir: Path, timeout_s: f
         "wall_s": round(wall, 1),
         "tasks_per_s_wall": round(state["total"] / wall, 3),
         "tasks_per_s_run": state["tasks_per_s"],
+        "seconds": state.get("seconds"),  # summed over the workers' chunks
+        "per_task_s": {k: round(v / max(1, state["done"]), 4) for k, v in (state.get("seconds") or {}).items()},
         "audit": audit,
         "exactly_one_each": audit["with_one"] == audit["tasks"],
     }
