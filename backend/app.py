@@ -30,6 +30,7 @@ from backend.model import KeypointModel
 from backend.prelabel import PrelabelError, Prelabels
 from backend.service import BatchTooLargeError, PredictionService, project_store
 from backend.settings import Settings, SettingsError
+from backend.suggest import suggest
 from backend.training_queue import TrainingQueue
 from kp_model.config import ConfigError
 
@@ -232,6 +233,20 @@ def create_app(
     @app.get("/kpassist/projects/<int:project>/warnings")
     def project_warnings(project: int):
         return jsonify({"project": project, "warnings": service.label_checks.warnings(project)})
+
+    @app.get("/kpassist/projects/<int:project>/suggest")
+    def suggest_next(project: int):
+        """The tasks to label next (``?n=10``): unlabelled, lowest prediction score first, spread over different-looking
+        images. Needs the project's /setup (its labelling config and Label Studio connection)."""
+        n = request.args.get("n", "10")
+        if not n.isdigit() or not 1 <= int(n) <= 200:
+            raise RequestError("n must be an integer from 1 to 200")
+        model = registry.for_request(project, None)
+        if model.connection.client is None:
+            raise RequestError("no Label Studio URL for this project: connect it from Label Studio or set LABEL_STUDIO_URL")
+        control = model.controls[0]
+        found = suggest(model.connection.client, project, model.connection.fetcher.fetch, control.image_field, int(n))
+        return jsonify({"project": project, "tasks": found})
 
     @app.post("/kpassist/projects/<int:project>/prelabel")
     def prelabel_start(project: int):

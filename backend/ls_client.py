@@ -116,7 +116,14 @@ class LabelStudioClient:
         the number of ids)."""
         query = {"selectedItems": {"all": False, "included": [int(i) for i in ids]}}
         params = {"project": project_id, "fields": "all", "page": 1, "page_size": max(1, len(ids)), "query": json.dumps(query)}
-        body = self._request("GET", "api/tasks/", params=params).json()
+        return self.tasks_query(params)
+
+    def tasks_query(self, params: dict) -> list[dict]:
+        """One page of ``GET /api/tasks/`` with Data Manager ``params`` (project, fields, page, page_size, query)."""
+        resp = self._request("GET", "api/tasks/", params=params, allow_404=True)
+        if resp.status_code == 404:  # past the last page
+            return []
+        body = resp.json()
         return body.get("tasks", []) if isinstance(body, dict) else body
 
     def create_prediction(self, task_id: int, result: list, score: float, model_version: str) -> dict:

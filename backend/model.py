@@ -43,9 +43,11 @@ class KeypointModel:
         return self.service.model_version(self.project, self.controls, self.connection)
 
     def predict(self, tasks: list[dict], context: dict | None = None, **kwargs: object) -> list:
-        """Predictions for ``tasks``, one entry per task in order (see PredictionService.predict)."""
+        """Predictions for ``tasks``, one entry per task in order (see PredictionService.predict). ``context``: LS's
+        interactive pre-annotation sends ``{"result": [regions]}``, the keypoints the annotator just placed; they are
+        kept exactly and the others re-solved given them (backend.service.placed_points)."""
         project = self.project if self.project is not None else _task_project(tasks)
-        results, self.last_version = self.service.predict(tasks, self.controls, project, self.connection)
+        results, self.last_version = self.service.predict(tasks, self.controls, project, self.connection, context)
         return results
 
     def fit(self, event: str, data: dict, **kwargs: object) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from backend.annotation_index import AnnotationIndex, reconcile_logged
-from backend.convert import points_to_regions
+from backend.convert import AnnotationFormatError, percent_to_pixels, points_to_regions, regions_to_points
 from backend.events import project_dir
 from backend.fetch import ImageFetcher
 from backend.label_check import LabelChecker
@@ -25,6 +26,7 @@ from backend.settings import Settings
 from backend.support import SupportCache, SupportRef, select_support
 from kp_model.build import ModelCache, PredictorConfig, build_predictor
 from kp_model.images import ImageLoadError
+from kp_model.interactive import constrain
 from kp_model.predictor import Predictor, SupportError
 from kp_model.training.store import ModelStore, StoreError
 
@@ -66,7 +68,7 @@ class PredictionService:
         self.predictor_cfg = predictor_cfg or (
             PredictorConfig.from_file(settings.engine_config) if settings.engine_config else PredictorConfig()
         )
-        self.supports = SupportCache(settings.max_supports, settings.max_support_mb << 20)
+        self.supports = SupportCache(settings.max_supports, settings.max_support_mb << 20, self.predictor_cfg.fewshot)
         self.models = ModelCache(
             settings.max_loaded_models, settings.max_model_mb << 20
         )  # fine-tuned checkpoints, shared by the supports using them
@@ -120,21 +122,23 @@ class PredictionService:
                 conn = self._connections[(url, key)] = Connection(client, fetcher)
             return conn
 
-    def find_supports(self, project: int | None, controls: list[KeypointControl], conn: Connection) -> list[SupportRef | None]:
-        """The project's current support annotation for each control (None where there is none yet), read from the
-        project's annotation index (newest first, stopping at the first usable one): no Label Studio request, so
+    def find_supports(self, project: int | None, controls: list[KeypointControl], conn: Connection) -> list[list[SupportRef]]:
+        """The project's support annotations for each control, newest first, at most ``fewshot.max_supports`` (one per
+        labelled task: its newest annotation), read from the project's annotation index: no Label Studio request, so
         the cost does not grow with the project (see ``ensure_indexed`` for the first use)."""
         if project is None:
             log.warning("no support: unknown project")
-            return [None] * len(controls)
+            return [[] for _ in controls]
+        cap = self.predictor_cfg.fewshot.max_supports
         index = self.index(project)
         self.ensure_indexed(project, index, conn)
-        found: list[SupportRef | None] = [None] * len(controls)
+        found: list[list[SupportRef]] = [[] for _ in controls]
         for task in index.iter_recent():
             for i, control in enumerate(controls):
-                if found[i] is None:
-                    found[i] = select_support([task], control)
-            if all(ref is not None for ref in found):
+                ref = select_support([task], control) if len(found[i]) < cap else None
+                if ref is not None:
+                    found[i].append(ref)
+            if all(len(refs) >= cap for refs in found):
                 break
         return found
 
@@ -186,26 +190,35 @@ class PredictionService:
     def model_version(self, project: int | None, controls: list[KeypointControl], conn: Connection) -> str:
         """Engine version plus the support annotation(s) in use: LS re-predicts when the support changes."""
         try:
-            refs = self.find_supports(project, controls, conn)
+            refsets = self.find_supports(project, controls, conn)
         except LabelStudioError as exc:
             log.warning("project %s: cannot look up the support annotation: %s", project, exc)
             return self.engine(project)[0]
-        return self._version(refs, self.engine(project)[0])
+        return self._version(refsets, self.engine(project)[0])
 
     @staticmethod
-    def _version(refs: list[SupportRef | None], engine_version: str) -> str:
-        keys = [ref.key.replace(":", "").replace("+", "") for ref in refs if ref is not None]
-        return engine_version + ("+support." + ".".join(keys) if keys else "")
+    def _version(refsets: list[list[SupportRef]], engine_version: str) -> str:
+        """``<engine>+support.<newest annotation id>@<updated_at>[.n<count>-<digest of all>]`` per control."""
+        parts = []
+        for refs in refsets:
+            if not refs:
+                continue
+            part = refs[0].key
+            if len(refs) > 1:
+                digest = hashlib.sha1(" ".join(sorted(r.key for r in refs)).encode()).hexdigest()[:8]
+                part += f".n{len(refs)}-{digest}"
+            parts.append(part.replace(":", "").replace("+", ""))
+        return engine_version + ("+support." + ".".join(parts) if parts else "")
 
     def prepare(self, project: int | None, controls: list[KeypointControl], conn: Connection) -> tuple[list, str]:
         """The supports of ``project`` ready to predict with (features computed once, cached) and the model version
         they give: ``([(control, CachedSupport), ...], version)``; a control without a usable support is left out
         (logged)."""
         supports = []
-        refs = self.find_supports(project, controls, conn)
+        refsets = self.find_supports(project, controls, conn)
         engine_version, make_predictor = self.engine(project)
-        for control, ref in zip(controls, refs, strict=True):
-            if ref is None:
+        for control, refs in zip(controls, refsets, strict=True):
+            if not refs:
                 log.info(
                     "project %s: no annotation with %s keypoints yet: annotate one image to get predictions",
                     project,
@@ -213,14 +226,19 @@ class PredictionService:
                 )
                 continue
             try:
-                cached = self.supports.get(project or 0, control, ref, conn.fetcher.fetch, make_predictor, engine_version)
+                cached = self.supports.get(project or 0, control, refs, conn.fetcher.fetch, make_predictor, engine_version)
                 supports.append((control, cached))
             except (ImageLoadError, SupportError) as exc:
-                log.error("project %s: support annotation %s unusable: %s", project, ref.annotation_id, exc)
-        return supports, self._version(refs, engine_version)
+                log.error("project %s: no usable support annotation of %s: %s", project, control.from_name, exc)
+        return supports, self._version(refsets, engine_version)
 
     def predict(
-        self, tasks: list[dict], controls: list[KeypointControl], project: int | None, conn: Connection
+        self,
+        tasks: list[dict],
+        controls: list[KeypointControl],
+        project: int | None,
+        conn: Connection,
+        context: dict | None = None,
     ) -> tuple[list, str]:
         """Predictions and the model version they come from.
 
@@ -235,21 +253,30 @@ class PredictionService:
             results: list = [[] for _ in tasks]
         else:
             with ThreadPoolExecutor(max_workers=self.settings.predict_threads, thread_name_prefix="predict") as pool:
-                results = list(pool.map(lambda task: self._predict_task(task, supports, conn), tasks))
+                placed = placed_points(context, controls)
+                results = list(pool.map(lambda task: self._predict_task(task, supports, conn, placed), tasks))
         log.info("project %s: %d tasks predicted in %.2fs", project, len(tasks), time.perf_counter() - t0)
         return results, version
 
-    def _predict_task(self, task: dict, supports: list, conn: Connection) -> dict | list:
+    def _predict_task(self, task: dict, supports: list, conn: Connection, placed: dict | None = None) -> dict | list:
         """One task's prediction, or ``[]`` when it fails (logged): a bad image or an engine error costs that task only."""
         try:
-            return self.predict_one(task, supports, conn)
+            return self.predict_one(task, supports, conn, placed=placed)
         except TaskPredictionError as exc:
             log.warning("task %s: no prediction: %s", task.get("id") if isinstance(task, dict) else None, exc)
             return []
 
-    def predict_one(self, task: dict, supports: list, conn: Connection, seconds: dict[str, float] | None = None) -> dict:
+    def predict_one(
+        self,
+        task: dict,
+        supports: list,
+        conn: Connection,
+        seconds: dict[str, float] | None = None,
+        placed: dict[str, dict[str, dict]] | None = None,
+    ) -> dict:
         """One task's prediction ``{"result": regions, "score": s}`` with ``supports`` from ``prepare``; ``seconds``
-        (optional) accumulates the time spent reading images ("image": download + decode) and in the engine.
+        (optional) accumulates the time spent reading images ("image": download + decode) and in the engine;
+        ``placed`` (``placed_points``): per control, the regions the annotator placed, kept exactly.
 
         Raises:
             TaskPredictionError: the task's image is missing or unreadable, or the engine failed on it (the
@@ -283,10 +310,43 @@ class PredictionService:
                 log.exception("task %s: the %s engine failed on its image %s", task_id, cached.engine_version, ref)
                 raise TaskPredictionError(f"the {cached.engine_version} engine failed: {exc!r}") from exc
             h, w = image.shape[:2]
+            fixed = (placed or {}).get(control.from_name) or {}
+            if fixed:  # interactive: the placed points are hard constraints, the others re-solved given them
+                xy = {
+                    n: percent_to_pixels(np.array([[r["value"]["x"], r["value"]["y"]]], float), w, h)[0] for n, r in fixed.items()
+                }
+                pred = constrain(pred, {n: (float(p[0]), float(p[1])) for n, p in xy.items()})
             found = points_to_regions(pred.names, pred.points, pred.scores, w, h, control, self.settings.score_threshold)
+            if fixed:  # returned exactly as placed (no percent -> pixel -> percent rounding)
+                found = [r for r in found if r["value"]["keypointlabels"][0] not in fixed] + [
+                    {**r, "value": dict(r["value"]), "score": 1.0} for r in fixed.values()
+                ]
             regions.extend(found)
             scores.extend(r["score"] for r in found)
         return {"result": regions, "score": round(float(np.mean(scores)), 4) if scores else 0.0}
+
+
+def placed_points(context: object, controls: list[KeypointControl]) -> dict[str, dict[str, dict]]:
+    """The keypoints an annotator placed, from interactive pre-annotation's ``context`` (``{"result": [regions]}``):
+    ``{control from_name: {label: region}}``, the regions of each control that ``regions_to_points`` accepts."""
+    result = context.get("result") if isinstance(context, dict) else None
+    if not isinstance(result, list):
+        return {}
+    out: dict[str, dict[str, dict]] = {}
+    for control in controls:
+        try:
+            points = regions_to_points(result, control)
+        except AnnotationFormatError as exc:
+            log.warning("interactive context ignored: %s", exc)
+            return {}
+        regions = {}
+        for region in result:
+            labels = (region.get("value") or {}).get("keypointlabels") if isinstance(region, dict) else None
+            if region.get("from_name") == control.from_name and labels and labels[0] in points.names and labels[0] not in regions:
+                regions[labels[0]] = region
+        if regions:
+            out[control.from_name] = regions
+    return out
 
 
 def _ids(items: object) -> list[int]:

@@ -1,18 +1,20 @@
-"""Choosing the support annotation of a project and caching its features."""
+"""Choosing a project's support annotations and caching their features (few-shot: one support per labelled image)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from backend.convert import AnnotationFormatError, LabelledPoints, percent_to_pixels, regions_to_points
 from backend.label_config import KeypointControl
+from kp_model.fewshot import FewShotConfig, FewShotPredictor
+from kp_model.images import ImageLoadError
 from kp_model.memory import array_bytes
-from kp_model.predictor import Predictor
+from kp_model.predictor import Predictor, SupportError
 
 log = logging.getLogger(__name__)
 
@@ -88,44 +90,58 @@ def select_support(tasks: Iterable[dict], control: KeypointControl) -> SupportRe
 
 @dataclass
 class CachedSupport:
-    ref: SupportRef
-    predictor: Predictor
+    """The supports of one (project, control): a FewShotPredictor holding one support per annotation in ``refs``."""
+
+    refs: tuple[SupportRef, ...]
+    predictor: FewShotPredictor
     engine_version: str = ""
     nbytes: int = 0  # its features' size (kp_model.memory.array_bytes)
 
+    @property
+    def ref(self) -> SupportRef:
+        """The newest support."""
+        return self.refs[0]
+
 
 class SupportCache:
-    """Per (project, control) support predictors; rebuilt only when the support annotation or the served
-    engine version changes. At most ``max_items`` are kept, holding at most ``max_bytes`` of features (numpy arrays
-    and tensors, kp_model.memory.array_bytes), the least recently used dropped first (the newest is always kept)."""
+    """Per (project, control) few-shot predictors, kept in step with the project's labelled annotations
+    incrementally: a new annotation adds one support (its features computed once), a deleted or edited one leaves
+    (an edit comes back under its new ``updated_at``), the others are not recomputed; everything is rebuilt only
+    when the served engine version changes. At most ``max_items`` predictors are kept, holding at most ``max_bytes``
+    of features (numpy arrays and tensors, kp_model.memory.array_bytes), the least recently used dropped first
+    (the newest is always kept)."""
 
-    def __init__(self, max_items: int = 256, max_bytes: int = 1 << 30) -> None:
+    def __init__(self, max_items: int = 256, max_bytes: int = 1 << 30, fewshot: FewShotConfig | None = None) -> None:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self.max_items = max_items
         self.max_bytes = max_bytes
+        self.fewshot = fewshot or FewShotConfig()
         self.nbytes = 0  # features held now
         self._items: OrderedDict[tuple[int, str], CachedSupport] = OrderedDict()
         self._lock = threading.Lock()  # guards the dicts; building a support holds only its key's lock
         self._key_locks: dict[tuple[int, str], threading.Lock] = {}
-        self.builds = 0  # how many times support features were computed (observability, tests)
+        self.builds = 0  # how many supports' features were computed (observability, tests)
 
     def get(
         self,
         project: int,
         control: KeypointControl,
-        ref: SupportRef,
+        refs: Sequence[SupportRef],
         load_image: Callable[[str], object],
         make_predictor: Callable[[], Predictor],
         engine_version: str = "",
     ) -> CachedSupport:
-        """Cached predictor for ``ref``, computing the support features if ``ref`` or ``engine_version`` is new.
+        """The project's few-shot predictor with exactly the supports ``refs`` (newest first, at least one), computing
+        the features of those it does not hold yet. A support whose image or points are unusable is left out (logged).
 
         Raises:
-            ImageLoadError / SupportError: the support image or its points are unusable.
+            ImageLoadError / SupportError: no support of ``refs`` is usable (the last error).
         """
+        if not refs:
+            raise ValueError("refs must hold at least one support annotation")
         key = (project, control.from_name)
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
@@ -134,29 +150,51 @@ class SupportCache:
                 cached = self._items.get(key)
                 if cached is not None:
                     self._items.move_to_end(key)
-            if cached is not None and cached.ref.key == ref.key and cached.engine_version == engine_version:
-                return cached
-            image = load_image(ref.image_ref)
-            h, w = image.shape[:2]
-            predictor = make_predictor()
-            predictor.set_support(image, percent_to_pixels(ref.xy_percent, w, h), list(ref.names))
-            cached = CachedSupport(ref, predictor, engine_version, array_bytes(predictor))
+            wanted = {ref.key: ref for ref in refs}
+            if cached is not None and cached.engine_version == engine_version:
+                if tuple(cached.refs) == tuple(refs):
+                    return cached
+                predictor = cached.predictor.copy()  # requests in flight keep predicting with the old set
+            else:
+                predictor = FewShotPredictor(make_predictor, self.fewshot)
+            for gone in set(predictor.support_keys) - set(wanted):
+                predictor.remove_support(gone)
+            error: Exception | None = None
+            added = 0
+            for ref in reversed(refs):  # oldest first: the predictor drops its first-added beyond its cap
+                if ref.key in predictor.support_keys:
+                    continue
+                try:
+                    image = load_image(ref.image_ref)
+                    h, w = image.shape[:2]
+                    predictor.add_support(ref.key, image, percent_to_pixels(ref.xy_percent, w, h), list(ref.names))
+                    added += 1
+                except (ImageLoadError, SupportError) as exc:
+                    log.warning("project %s: annotation %s left out of the supports: %s", project, ref.annotation_id, exc)
+                    error = exc
+            if not predictor.is_support_set:
+                raise error or SupportError("no usable support annotation")
+            kept = tuple(ref for ref in refs if ref.key in predictor.support_keys)
+            cached = CachedSupport(kept, predictor, engine_version, array_bytes(predictor))
             with self._lock:
-                self.builds += 1
+                self.builds += added
                 old = self._items.pop(key, None)
                 self.nbytes += cached.nbytes - (old.nbytes if old else 0)
                 self._items[key] = cached
                 while len(self._items) > 1 and (len(self._items) > self.max_items or self.nbytes > self.max_bytes):
-                    dropped, gone = self._items.popitem(last=False)
-                    self.nbytes -= gone.nbytes
+                    dropped, gone_item = self._items.popitem(last=False)
+                    self.nbytes -= gone_item.nbytes
                     self._key_locks.pop(dropped, None)
-            log.info(
-                "project %s: support set from annotation %s (task %s, %d keypoints)",
-                project,
-                ref.annotation_id,
-                ref.task_id,
-                len(ref.names),
-            )
+            if added:
+                log.info(
+                    "project %s: %d support(s) of %s described, %d in use (newest: annotation %s of task %s)",
+                    project,
+                    added,
+                    control.from_name,
+                    len(kept),
+                    kept[0].annotation_id if kept else None,
+                    kept[0].task_id if kept else None,
+                )
             return cached
 
     def __len__(self) -> int:

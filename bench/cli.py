@@ -21,6 +21,37 @@ def limit_threads(n: int) -> None:
     limit(n)
 
 
+def bench_fewshot(args: argparse.Namespace) -> int:
+    from bench.fewshot import run_fewshot_bench
+    from kp_model.build import PredictorConfig
+    from kp_model.fewshot import FewShotConfig
+
+    data = Path(args.data)
+    folders = (
+        [data]
+        if (data / "annotations.json").is_file()
+        else sorted(p for p in data.iterdir() if (p / "annotations.json").is_file())
+    )
+    if args.folders:
+        folders = [f for f in folders if f.name in args.folders]
+    cfg = FewShotConfig.from_json(Path(args.config).read_text()) if args.config else FewShotConfig()
+    engine = PredictorConfig.from_file(args.engine_config) if args.engine_config else PredictorConfig()
+    report = run_fewshot_bench(folders, tuple(args.ks), cfg, engine, args.max_queries)
+    out = _write(report, args.out)
+    if not args.no_plots:
+        from bench.plots import fewshot_curves
+
+        fewshot_curves(report, out.with_suffix(".png"))
+    for tag, rows in report["summary"].items():
+        line = ", ".join(
+            f"k={k}: {r['fewshot_pck@0.2']:.3f} (copy {r['copy_nearest_pck@0.2']:.3f})"
+            for k, r in rows.items()
+            if isinstance(r, dict)
+        )
+        print(f"{tag}: PCK@0.2 {line}; today's engine k=1: {rows['today_k1_pck@0.2']:.3f}")
+    return 0
+
+
 def bench_oneshot(args: argparse.Namespace) -> int:
     from bench.oneshot import markdown_table, run_oneshot_bench
 
@@ -199,6 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-supports", type=int, default=5, help="all-pairs: supports per category at most")
     b.add_argument("--kptllm-checkpoint", default=None, help="also score the kptllm engine of this checkpoint")
     b.set_defaults(func=bench_oneshot)
+    b = bench.add_parser("fewshot", help="PCK against k labelled images (few-shot supports, no training), scores, cost")
+    b.add_argument("--data", default="../shared/data", help="folder of COCO keypoint folders, or one such folder")
+    b.add_argument("--folders", nargs="*", default=None, help="only these sub-folders")
+    b.add_argument("--ks", type=int, nargs="+", default=[1, 2, 5, 10, 20], help="labelled images per folder")
+    b.add_argument("--max-queries", type=int, default=None, help="at most this many queries per folder and k (spread)")
+    b.add_argument("--config", default=None, help="FewShotConfig JSON file (default: built-in)")
+    b.add_argument("--engine-config", default=None, help="PredictorConfig JSON file of the engine (default: built-in)")
+    b.add_argument("--out", default="bench-out/fewshot.json")
+    b.add_argument("--no-plots", action="store_true", help="skip the PNG figure")
+    b.set_defaults(func=bench_fewshot)
     b = bench.add_parser("speed", help="/predict latency, throughput, load time, memory and a 60 s load test (real LS)")
     b.add_argument("--data", default="../shared/data")
     b.add_argument("--repeats", type=int, default=10)
@@ -244,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     b = bench.add_parser("prelabel", help="whole-project pre-labelling on 1 and 2 RQ workers, and a worker killed mid-chunk")
     b.add_argument("--data", default="../shared/data", help="folder holding dlc__openfield_mouse")
     b.add_argument("--tasks", type=int, default=1000, help="tasks per project")
-    b.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker processes of each run (1 thread each)")
+    b.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="worker processes of each run (1 thread each)")
     b.add_argument("--kill-tasks", type=int, default=200, help="tasks of the run whose worker is killed (0: no such run)")
     b.add_argument("--chunk", type=int, default=50, help="KPASSIST_PRELABEL_CHUNK")
     b.add_argument("--frames", type=int, default=50, help="distinct mouse frames the tasks cycle through")

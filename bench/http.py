@@ -27,8 +27,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"n": int(v.size), "p50_s": float(np.percentile(v, 50)), "p95_s": float(np.percentile(v, 95)), "max_s": float(v.max())}
 
 
-def process_tree_memory_mb(pid: int) -> dict[str, float]:
-    """Current and peak resident memory (VmRSS, VmHWM; MB) summed over a process and its descendants (Linux /proc)."""
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (Linux /proc), whatever their session or process group."""
     pids, frontier = [pid], [pid]
     while frontier:
         parent = frontier.pop()
@@ -38,8 +38,13 @@ def process_tree_memory_mb(pid: int) -> dict[str, float]:
             children = []
         pids += [int(c) for c in children]
         frontier += [int(c) for c in children]
+    return pids
+
+
+def process_tree_memory_mb(pid: int) -> dict[str, float]:
+    """Current and peak resident memory (VmRSS, VmHWM; MB) summed over a process and its descendants (Linux /proc)."""
     rss = hwm = 0.0
-    for p in pids:
+    for p in process_tree(pid):
         try:
             mem = memory_mb(p)
         except OSError:  # exited since it was listed

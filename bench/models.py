@@ -39,7 +39,7 @@ def _serve_all(data_dir: str, n_projects: int, max_loaded: int, image_path: str,
         for project in range(1, n_projects + 1):
             version, make = service.engine(project)
             ref = SupportRef(project, "t", 1, image_path, tuple(names), pct)
-            cached = service.supports.get(project, control, ref, lambda _: image, make, version)
+            cached = service.supports.get(project, control, [ref], lambda _: image, make, version)
             cached.predictor.predict([image])
         return (time.perf_counter() - t0) / n_projects
 

@@ -102,3 +102,29 @@ def scale_plot(scale: dict, out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def fewshot_curves(report: dict, out: Path) -> Path:
+    """PCK@0.2 against k labelled images: few-shot vs copying the nearest labelled image, per half and overall."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for tag, style in (("all", "-"), ("half_a", ":"), ("half_b", "--")):
+        rows = report["summary"][tag]
+        ks = sorted(int(k) for k in rows if str(k).isdigit())
+        for engine, colour in (("fewshot", "tab:blue"), ("copy_nearest", "tab:grey")):
+            ax.plot(ks, [rows[k][f"{engine}_pck@0.2"] for k in ks], style, color=colour, marker="o", label=f"{engine} {tag}")
+    for name, row in report["folders"].items():
+        if row["video"]:
+            ks = sorted(int(k) for k in row["k"])
+            ax.plot(ks, [row["k"][k]["fewshot"]["pck@0.2"] for k in ks], "-", color="tab:red", marker="s", label=name)
+    ax.set_xscale("log")
+    ax.set_xticks([1, 2, 5, 10, 20])
+    ax.set_xticklabels(["1", "2", "5", "10", "20"])
+    ax.set_xlabel("labelled images k (no training)")
+    ax.set_ylabel("PCK@0.2 on the unlabelled images")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

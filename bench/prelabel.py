@@ -21,6 +21,7 @@ import requests
 
 import label_config
 from bench.devservers import LabelStudioAPI, label_studio, serve_backend
+from bench.http import process_tree
 from bench.machine import machine_info
 from kp_model.coco import load_coco_keypoints
 
@@ -46,7 +47,7 @@ def _workers(n: int, env: dict, workdir: Path, tag: str) -> list[subprocess.Pope
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: killpg reaches the work horse too
+                start_new_session=True,
             )
         )
     return procs
@@ -102,7 +103,8 @@ def _run(api, backend, pid, workers: int, env: dict, workdir: Path, timeout_s: f
         def progress(state: dict) -> None:
             nonlocal killed_at
             if kill_after and killed_at is None and state["done"] >= kill_after:
-                os.killpg(procs[0].pid, signal.SIGKILL)  # mid-chunk: the worker and its work horse
+                for pid in process_tree(procs[0].pid):  # mid-chunk: the worker and its work horse (RQ gives the
+                    os.kill(pid, signal.SIGKILL)  # horse a session of its own, so killpg would miss it)
                 killed_at = time.perf_counter() - t0
                 log.info("worker 0 SIGKILLed at %d/%d tasks", state["done"], state["total"])
 

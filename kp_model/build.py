@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kp_model.config import JsonConfig
+from kp_model.fewshot import FewShotConfig
 from kp_model.kptllm.checkpoint import load_checkpoint
 from kp_model.kptllm.modeling import KptLLM
 from kp_model.kptllm.predictor import KptLLMPredictor
@@ -36,6 +37,7 @@ class PredictorConfig(JsonConfig):
     checkpoint: str = ""  # kptllm only: checkpoint directory (kp_model.kptllm.checkpoint.save_checkpoint)
     device: str = "cpu"  # kptllm only: torch device ("cpu", "cuda", "cuda:1")
     oneshot: OneShotConfig = field(default_factory=OneShotConfig)  # settings of the oneshot engine
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)  # many supports: how many, how many per query, fusion
     mirror: bool = False  # also try the support flipped, left/right labels swapped (other scenes): helps people, flips zebras
     mirror_margin: float = 0.25  # the flipped support must beat the support's pose score by this much to be used
 

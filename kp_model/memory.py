@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 
-def array_bytes(obj: object, depth: int = 4) -> int:
+def array_bytes(obj: object, depth: int = 8) -> int:
     """Bytes of the numpy arrays and torch tensors reachable from ``obj`` through attributes, dataclass fields,
     lists, tuples and dicts, at most ``depth`` levels down (functions and modules are not followed: a predictor
     that asks a shared model cache for its model does not count the model)."""

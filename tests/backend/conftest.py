@@ -22,7 +22,7 @@ class LocalSupportService(PredictionService):
         self.support = support
 
     def find_supports(self, project, controls, conn):
-        return [self.support for _ in controls]
+        return [[self.support] if self.support else [] for _ in controls]
 
 
 @pytest.fixture()

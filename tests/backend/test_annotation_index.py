@@ -89,8 +89,8 @@ def test_support_lookup_reads_the_index_with_a_bounded_first_request(tmp_path: P
     newest = [{**task(20 + i), "annotations": [ann(100 + i, 20 + i, f"2026-02-01T10:{i:02d}:00Z")]} for i in range(60)]
     client = CountingClient(newest[::-1])
     conn = Connection(client, None)
-    [ref] = service.find_supports(7, CONTROLS, conn)
-    assert ref.annotation_id == 159  # one bounded request found the newest annotation
+    [refs] = service.find_supports(7, CONTROLS, conn)
+    assert refs[0].annotation_id == 159  # one bounded request found the newest annotation
     deadline = time.monotonic() + 10
     while service.index(7).reconciled_at is None and time.monotonic() < deadline:
         time.sleep(0.05)  # the reconcile (on a thread: Redis is down) pages through the project once
@@ -99,6 +99,6 @@ def test_support_lookup_reads_the_index_with_a_bounded_first_request(tmp_path: P
         service.find_supports(7, CONTROLS, conn)
     assert client.requests == 2  # no later lookup asks Label Studio
     service.index_event(7, "ANNOTATIONS_DELETED", {"annotations": [{"id": 159}]})
-    assert service.find_supports(7, CONTROLS, conn)[0].annotation_id == 158
+    assert service.find_supports(7, CONTROLS, conn)[0][0].annotation_id == 158
     service.index_event(7, "ANNOTATION_CREATED", {"annotation": ann(200, 30, "2026-03-01T00:00:00Z"), "task": task(30)})
-    assert service.find_supports(7, CONTROLS, conn)[0].annotation_id == 200
+    assert service.find_supports(7, CONTROLS, conn)[0][0].annotation_id == 200

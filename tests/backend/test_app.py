@@ -202,3 +202,34 @@ def test_a_typo_in_the_train_config_fails_at_app_start(tmp_path: Path) -> None:
     path.write_text('{"train": {"stepz": 10}}')
     with pytest.raises(ValueError, match=r"train\.stepz"):
         create_app(Settings(data_dir=str(tmp_path), train_config=str(path)))
+
+
+def test_interactive_context_keeps_the_placed_points_and_moves_the_rest(make_client, images, support_ref) -> None:
+    """LS's interactive pre-annotation sends the points just placed in params.context.result: they come back exactly,
+    and with one placed point the other keypoints follow it (a translation)."""
+    _, client = make_client(support_ref)
+    client.post("/setup", json={"project": "2.1", "schema": CONFIG})
+    task = {"id": 10, "data": {"image": images["query"]}}
+
+    def predict(context: dict | None) -> dict:
+        body = {"tasks": [task], "project": "2.1", "label_config": CONFIG, "params": {"context": context}}
+        result = client.post("/predict", json=body).json["results"][0]["result"]
+        return {r["value"]["keypointlabels"][0]: r for r in result}
+
+    free = predict(None)
+    placed = {
+        "id": "u1",
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
+        "value": {"x": 12.345678, "y": 67.891234, "width": 0.8, "keypointlabels": ["snout"]},
+    }
+    fixed = predict({"result": [placed]})
+    assert fixed["snout"]["value"] == placed["value"] and fixed["snout"]["id"] == "u1"
+    dx = placed["value"]["x"] - free["snout"]["value"]["x"]
+    dy = placed["value"]["y"] - free["snout"]["value"]["y"]
+    for name in ("leftear", "rightear"):
+        moved = fixed[name]["value"]["x"] - free[name]["value"]["x"], fixed[name]["value"]["y"] - free[name]["value"]["y"]
+        assert moved == pytest.approx((dx, dy), abs=0.01)
+    assert predict({"result": "not a list"}).keys() == free.keys()  # a malformed context is ignored

@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 
 from backend.label_config import KeypointControl
 from backend.support import SupportCache, SupportRef, select_support
 from kp_model.build import PredictorConfig, build_predictor
+from kp_model.images import ImageLoadError
 
 CONTROL = KeypointControl("kp", "image", "image", ("a", "b", "c"))
 
@@ -75,11 +77,11 @@ def test_cache_rebuilds_only_when_the_annotation_changes(blob_image) -> None:
         return build_predictor(PredictorConfig())
 
     ref = SupportRef(5, "t1", 1, "img", ("a", "b", "c"), pct)
-    first = cache.get(1, CONTROL, ref, load, make, "e1")
-    assert cache.get(1, CONTROL, ref, load, make, "e1") is first and cache.builds == 1
+    first = cache.get(1, CONTROL, [ref], load, make, "e1")
+    assert cache.get(1, CONTROL, [ref], load, make, "e1") is first and cache.builds == 1
     changed = SupportRef(5, "t2", 1, "img", ("a", "b", "c"), pct)
-    assert cache.get(1, CONTROL, changed, load, make, "e1") is not first and cache.builds == 2
-    cache.get(1, CONTROL, changed, load, make, "e2")  # a newly promoted model: the support is rebuilt with it
+    assert cache.get(1, CONTROL, [changed], load, make, "e1") is not first and cache.builds == 2
+    cache.get(1, CONTROL, [changed], load, make, "e2")  # a newly promoted model: the support is rebuilt with it
     assert cache.builds == 3 and len(loads) == 3
 
 
@@ -90,7 +92,7 @@ def test_cache_is_bounded_least_recently_used_first(blob_image) -> None:
 
     def get(project: int) -> object:
         ref = SupportRef(project, "t", 1, "img", ("a", "b", "c"), pct)
-        return cache.get(project, CONTROL, ref, lambda r: image, lambda: build_predictor(PredictorConfig()), "e")
+        return cache.get(project, CONTROL, [ref], lambda r: image, lambda: build_predictor(PredictorConfig()), "e")
 
     get(1), get(2), get(1), get(3)  # 2 is the least recently used when 3 arrives
     assert len(cache) == 2 and cache.builds == 3
@@ -107,7 +109,7 @@ def test_cache_is_bounded_in_bytes_too(blob_image) -> None:
 
     def get(project: int) -> object:
         ref = SupportRef(project, "t", 1, "img", ("a", "b", "c"), pct)
-        return cache.get(project, CONTROL, ref, lambda r: image, lambda: build_predictor(PredictorConfig()), "e")
+        return cache.get(project, CONTROL, [ref], lambda r: image, lambda: build_predictor(PredictorConfig()), "e")
 
     get(1), get(2)
     assert len(cache) == 1 and cache.nbytes > 1  # the newest is kept even over the cap
@@ -115,3 +117,39 @@ def test_cache_is_bounded_in_bytes_too(blob_image) -> None:
     assert cache.builds == 2
     get(1)
     assert cache.builds == 3  # was dropped for its bytes
+
+
+def test_supports_follow_the_annotations_incrementally(blob_image) -> None:
+    """A new annotation adds one support, a deleted one leaves, the others are not recomputed; a request holding the
+    old predictor keeps its set."""
+    image, pts = blob_image()
+    pct = tuple((float(x) * 100 / 160, float(y) * 100 / 120) for x, y in pts)
+    cache = SupportCache()
+    a, b = (SupportRef(i, "t", i, "img", ("a", "b", "c"), pct) for i in (1, 2))
+
+    def get(refs: list[SupportRef]):
+        return cache.get(1, CONTROL, refs, lambda r: image, lambda: build_predictor(PredictorConfig()), "e")
+
+    first = get([a])
+    both = get([b, a])
+    assert cache.builds == 2 and both.predictor.support_keys == ["1@t", "2@t"] and both.ref == b  # oldest first
+    only_b = get([b])
+    assert cache.builds == 2 and only_b.predictor.support_keys == ["2@t"]
+    assert first.predictor.support_keys == ["1@t"] and both.predictor.support_keys == ["1@t", "2@t"]
+
+
+def test_an_unusable_support_is_left_out(blob_image) -> None:
+    image, pts = blob_image()
+    pct = tuple((float(x) * 100 / 160, float(y) * 100 / 120) for x, y in pts)
+    good, bad = SupportRef(1, "t", 1, "ok", ("a", "b", "c"), pct), SupportRef(2, "t", 2, "gone", ("a", "b", "c"), pct)
+
+    def load(ref: str) -> np.ndarray:
+        if ref == "gone":
+            raise ImageLoadError("gone: 404")
+        return image
+
+    cache = SupportCache()
+    cached = cache.get(1, CONTROL, [bad, good], load, lambda: build_predictor(PredictorConfig()), "e")
+    assert cached.refs == (good,)
+    with pytest.raises(ImageLoadError):
+        cache.get(2, CONTROL, [bad], load, lambda: build_predictor(PredictorConfig()), "e")

@@ -1,0 +1,172 @@
+"""Few-shot prediction from many supports, for any engine: every labelled image is a support. A query is matched
+against the few supports nearest to it by a cheap global image descriptor (on a video, the nearest labelled frames),
+and their answers are fused per keypoint: the answer most supports agree on wins, and supports that disagree on a
+keypoint lower its score (so scores rank errors).
+
+predictor = FewShotPredictor(lambda: build_predictor(cfg))
+predictor.add_support("12", image, keypoints, names)    # one per labelled image, features cached per key
+predictor.remove_support("12")                          # a deleted annotation leaves; the others stay cached
+[pred] = predictor.predict([query])
+
+The cost of a query grows with ``shortlist``, not with the number of supports (one dot product each).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from kp_model.config import JsonConfig
+from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError, validate_support
+
+
+@dataclass(frozen=True)
+class FewShotConfig(JsonConfig):
+    max_supports: int = 50  # supports kept per predictor; beyond, the first added leave first
+    shortlist: int = 3  # supports matched per query, the nearest by global descriptor (the per-query cost)
+    agree_radius: float = 0.1  # answers of a keypoint closer than this x the object's size (px) agree
+    similarity_temperature: float = 0.05  # weight of a support's answer: exp((sim - best sim) / T) x its score
+
+    def __post_init__(self) -> None:
+        if self.max_supports < 1:
+            raise ValueError(f"max_supports must be >= 1, got {self.max_supports}")
+        if self.shortlist < 1:
+            raise ValueError(f"shortlist must be >= 1, got {self.shortlist}")
+        if self.agree_radius <= 0:
+            raise ValueError(f"agree_radius must be > 0, got {self.agree_radius}")
+        if self.similarity_temperature <= 0:
+            raise ValueError(f"similarity_temperature must be > 0, got {self.similarity_temperature}")
+
+
+def global_descriptor(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (1024,) zero-mean unit-norm 32x32 grey thumbnail: the dot product of two is the images'
+    global correlation in [-1, 1] (near 1: the same scene and pose)."""
+    grey = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    t = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).ravel()
+    t -= t.mean()
+    return t / (np.linalg.norm(t) + 1e-6)
+
+
+@dataclass
+class _Support:
+    predictor: Predictor
+    descriptor: np.ndarray
+    names: list[str]
+
+
+class FewShotPredictor:
+    """Many supports, each its own single-support predictor (features computed once per support, by
+    ``make_predictor``'s engine); implements the Predictor protocol (``set_support`` = one support only)."""
+
+    def __init__(self, make_predictor: Callable[[], Predictor], cfg: FewShotConfig | None = None) -> None:
+        self.make_predictor = make_predictor
+        self.cfg = cfg or FewShotConfig()
+        self._supports: OrderedDict[str, _Support] = OrderedDict()
+
+    @property
+    def is_support_set(self) -> bool:
+        return bool(self._supports)
+
+    @property
+    def support_keys(self) -> list[str]:
+        return list(self._supports)
+
+    @property
+    def support_names(self) -> list[str]:
+        """Every keypoint name of the supports, in the order they were first seen."""
+        names: dict[str, None] = {}
+        for s in self._supports.values():
+            names.update(dict.fromkeys(s.names))
+        return list(names)
+
+    def copy(self) -> FewShotPredictor:
+        """A predictor sharing this one's supports (features not recomputed); adding to or removing from either
+        leaves the other as it was."""
+        other = FewShotPredictor(self.make_predictor, self.cfg)
+        other._supports = OrderedDict(self._supports)
+        return other
+
+    def set_support(self, image: np.ndarray, keypoints: np.ndarray, names: list[str]) -> None:
+        """Only this support (see ``add_support``)."""
+        self._supports.clear()
+        self.add_support("0", image, keypoints, names)
+
+    def add_support(self, key: str, image: np.ndarray, keypoints: np.ndarray, names: list[str]) -> None:
+        """Add (or replace) the support ``key``: image (H, W, 3) uint8 RGB, keypoints (K, 2) px, K names.
+
+        Raises SupportError on bad input (kp_model.predictor.validate_support)."""
+        kps = validate_support(image, keypoints, names)
+        predictor = self.make_predictor()
+        predictor.set_support(image, kps, list(names))
+        self._supports.pop(key, None)
+        self._supports[key] = _Support(predictor, global_descriptor(image), list(names))
+        while len(self._supports) > self.cfg.max_supports:
+            self._supports.popitem(last=False)
+
+    def remove_support(self, key: str) -> None:
+        self._supports.pop(key, None)
+
+    def nearest(self, image: np.ndarray, n: int) -> list[tuple[str, float]]:
+        """The ``n`` supports most similar to ``image`` by global descriptor: [(key, similarity)], best first."""
+        d = global_descriptor(image)
+        sims = [(key, float(s.descriptor @ d)) for key, s in self._supports.items()]
+        return sorted(sims, key=lambda ks: -ks[1])[:n]
+
+    def predict(self, images: list[np.ndarray]) -> list[KeypointPrediction]:
+        """The supports' keypoints (``support_names``) in each (H, W, 3) uint8 RGB image; a keypoint no shortlisted
+        support has gets score 0 at (nan, nan)."""
+        if not self._supports:
+            raise SupportNotSetError("no support set: call add_support(key, image, keypoints, names) before predict()")
+        return [self._predict_one(np.asarray(image)) for image in images]
+
+    def _predict_one(self, image: np.ndarray) -> KeypointPrediction:
+        t0 = time.perf_counter()
+        names = self.support_names
+        answers = []
+        for key, sim in self.nearest(image, self.cfg.shortlist):
+            [pred] = self._supports[key].predictor.predict([image])
+            answers.append((pred, sim))
+        points, scores = fuse(answers, names, self.cfg)
+        return KeypointPrediction(names, points, scores, time.perf_counter() - t0)
+
+
+def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg: FewShotConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per keypoint, the answer most (weighted) supports agree on, averaged with those within ``agree_radius`` x the
+    object's size. A keypoint's score is its agreeing answers' mean score x their share of the weight.
+
+    Args:
+        answers: (prediction, global similarity of its support) per shortlisted support.
+        names: the keypoints to answer, in order.
+    Returns:
+        points (K, 2) px (nan where no answer has the keypoint) and scores (K,) in [0, 1].
+    """
+    best_sim = max(sim for _, sim in answers)
+    sizes = []
+    for pred, _ in answers:
+        span = np.nanmax(pred.points, axis=0) - np.nanmin(pred.points, axis=0) if len(pred.points) > 1 else np.zeros(2)
+        sizes.append(float(np.hypot(*span)))
+    radius = max(cfg.agree_radius * float(np.median(sizes)), 2.0)
+    points = np.full((len(names), 2), np.nan)
+    scores = np.zeros(len(names))
+    for k, name in enumerate(names):
+        cands = [
+            (pred.points[pred.names.index(name)], float(pred.scores[pred.names.index(name)]), sim)
+            for pred, sim in answers
+            if name in pred.names
+        ]
+        if not cands:
+            continue
+        p = np.array([c[0] for c in cands], np.float64)
+        s = np.array([c[1] for c in cands])
+        w = np.maximum(s, 1e-3) * np.exp((np.array([c[2] for c in cands]) - best_sim) / cfg.similarity_temperature)
+        close = np.linalg.norm(p[:, None] - p[None], axis=-1) <= radius  # (n, n) agreement
+        best = int(np.argmax(close.astype(np.float64) @ w))
+        members = close[best]
+        points[k] = (w[members, None] * p[members]).sum(axis=0) / w[members].sum()
+        scores[k] = float(s[members].mean() * w[members].sum() / w.sum())
+    return points, scores

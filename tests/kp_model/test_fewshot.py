@@ -1,0 +1,97 @@
+"""FewShotPredictor: supports added and removed by key, the nearest supports answer, answers fused per keypoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kp_model.build import PredictorConfig, build_predictor
+from kp_model.fewshot import FewShotConfig, FewShotPredictor, fuse
+from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError
+
+
+class Recorder:
+    """A single-support engine that answers its support's keypoints and records which support was asked."""
+
+    asked: list[str] = []
+
+    def __init__(self) -> None:
+        self.kps = np.zeros((0, 2))
+        self.names: list[str] = []
+
+    @property
+    def is_support_set(self) -> bool:
+        return bool(self.names)
+
+    @property
+    def support_names(self) -> list[str]:
+        return list(self.names)
+
+    def set_support(self, image, keypoints, names) -> None:
+        self.kps, self.names, self.tag = np.asarray(keypoints, float), list(names), int(image[0, 0, 0])
+
+    def predict(self, images):
+        Recorder.asked.append(self.tag)
+        return [KeypointPrediction(self.names, self.kps.copy(), np.full(len(self.names), 0.9)) for _ in images]
+
+
+def scene(seed: int) -> np.ndarray:
+    img = (np.random.default_rng(seed).random((48, 64, 3)) * 255).astype(np.uint8)
+    img[0, 0, 0] = seed  # the Recorder's tag
+    return img
+
+
+def test_is_a_predictor_and_needs_a_support() -> None:
+    p = FewShotPredictor(Recorder)
+    assert isinstance(p, Predictor)
+    with pytest.raises(SupportNotSetError):
+        p.predict([scene(1)])
+
+
+def test_supports_by_key_the_oldest_leave_beyond_the_cap() -> None:
+    p = FewShotPredictor(Recorder, FewShotConfig(max_supports=2))
+    for key in ("a", "b", "c"):
+        p.add_support(key, scene(3), np.array([[5.0, 5.0]]), ["nose"])
+    assert p.support_keys == ["b", "c"]
+    p.add_support("b", scene(3), np.array([[6.0, 5.0], [9.0, 9.0]]), ["nose", "tail"])  # replaced: now the newest
+    assert p.support_keys == ["c", "b"] and p.support_names == ["nose", "tail"]
+    p.remove_support("c")
+    assert p.support_keys == ["b"]
+
+
+def test_the_nearest_support_answers() -> None:
+    p = FewShotPredictor(Recorder, FewShotConfig(shortlist=1))
+    for seed in (11, 12, 13):
+        p.add_support(str(seed), scene(seed), np.array([[seed, 5.0]]), ["nose"])
+    Recorder.asked = []
+    [pred] = p.predict([scene(12)])
+    assert Recorder.asked == [12] and pred.points[0, 0] == 12
+
+
+def test_fuse_keeps_what_most_answers_agree_on() -> None:
+    def answer(x: float, y: float, score: float) -> tuple[KeypointPrediction, float]:
+        return KeypointPrediction(["a"], np.array([[x, y]]), np.array([score])), 0.9
+
+    points, scores = fuse([answer(10, 10, 0.8), answer(11, 10, 0.8), answer(50, 50, 0.4)], ["a", "b"], FewShotConfig())
+    # one keypoint: the radius is its floor, 2 px; the first two agree (weight 1.6 of 2.0)
+    assert points[0] == pytest.approx([10.5, 10.0]) and scores[0] == pytest.approx(0.8 * 1.6 / 2.0)
+    assert np.isnan(points[1]).all() and scores[1] == 0.0  # no answer has "b"
+
+
+def test_disagreeing_supports_lower_the_score() -> None:
+    def answer(x: float) -> tuple[KeypointPrediction, float]:
+        return KeypointPrediction(["a", "b"], np.array([[x, 0.0], [x + 100.0, 0.0]]), np.array([0.9, 0.9])), 0.9
+
+    _, agree = fuse([answer(0), answer(1), answer(2)], ["a", "b"], FewShotConfig())
+    _, split = fuse([answer(0), answer(40), answer(80)], ["a", "b"], FewShotConfig())
+    assert agree == pytest.approx([0.9, 0.9]) and split == pytest.approx([0.3, 0.3])
+
+
+def test_with_the_default_engine(blob_image, blob_names) -> None:
+    p = FewShotPredictor(lambda: build_predictor(PredictorConfig()), FewShotConfig(shortlist=2))
+    for i, centre in enumerate([(60, 50), (100, 70)]):
+        img, pts = blob_image(centre=centre)
+        p.add_support(str(i), img, pts, blob_names)
+    query, truth = blob_image(centre=(96, 66))
+    [pred] = p.predict([query])
+    assert pred.names == blob_names and np.linalg.norm(pred.points - truth, axis=1).max() < 6
