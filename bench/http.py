@@ -44,7 +44,8 @@ def process_tree(pid: int) -> list[int]:
 def process_tree_memory_mb(pid: int) -> dict[str, float]:
     """Current and peak resident memory (VmRSS, VmHWM; MB) summed over a process and its descendants (Linux /proc)."""
     rss = hwm = 0.0
-    for p in process_tree(pid):
+    pids = process_tree(pid)
+    for p in pids:
         try:
             mem = memory_mb(p)
         except OSError:  # exited since it was listed
