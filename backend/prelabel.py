@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 ACTIVE = ("planning", "running")
 MAX_FAILURES_KEPT = 1000  # failure reasons kept per run (the count is exact)
-COUNTS = ("total", "done", "written", "skipped", "failed", "chunks", "chunks_done")
+COUNTS = ("total", "done", "written", "skipped", "failed", "chunks", "chunks_done", "repeated")  # repeated: tasks
+# a retried chunk (its worker died) or a re-queued one met again: not counted twice
 
 
 class PrelabelError(RuntimeError):
@@ -284,7 +285,9 @@ def prelabel_chunk(project: int, run: str, task_ids: list[int], data_dir: str, l
                 outcome = "written"
                 _fault_once(data_dir)
         counts[outcome] += 1
-        if redis.sadd(key + ":done", task["id"]):  # a retried chunk does not count its tasks twice
+        if not redis.sadd(key + ":done", task["id"]):  # a retried chunk does not count its tasks twice
+            redis.hincrby(key, "repeated", 1)
+        else:
             with redis.pipeline() as pipe:
                 pipe.hincrby(key, "done", 1)
                 pipe.hincrby(key, outcome, 1)

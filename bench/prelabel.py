@@ -120,6 +120,7 @@ def _run(api, backend, pid, workers: int, env: dict, workdir: Path, timeout_s: f
         "written": state["written"],
         "skipped": state["skipped"],
         "failed": state["failed"],
+        "repeated": state.get("repeated", 0),  # > 0 after a kill: the retried chunk met tasks its dead worker had done
         "wall_s": round(wall, 1),
         "tasks_per_s_wall": round(state["total"] / wall, 3),
         "tasks_per_s_run": state["tasks_per_s"],

@@ -24,6 +24,8 @@ import numpy as np
 from kp_model.config import JsonConfig
 from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError, validate_support
 
+FUSIONS = ("agree", "best")
+
 
 @dataclass(frozen=True)
 class FewShotConfig(JsonConfig):
@@ -31,8 +33,12 @@ class FewShotConfig(JsonConfig):
     shortlist: int = 3  # supports matched per query, the nearest by global descriptor (the per-query cost)
     agree_radius: float = 0.1  # answers of a keypoint closer than this x the object's size (px) agree
     similarity_temperature: float = 0.05  # weight of a support's answer: exp((sim - best sim) / T) x its score
+    fusion: str = "agree"  # "agree": per keypoint, the answer most weight agrees on; "best": the whole answer of the
+    # support with the highest weighted mean score (its pose kept intact); both score a keypoint by agreement
 
     def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.max_supports < 1:
             raise ValueError(f"max_supports must be >= 1, got {self.max_supports}")
         if self.shortlist < 1:
@@ -153,6 +159,8 @@ def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg:
     radius = max(cfg.agree_radius * float(np.median(sizes)), 2.0)
     points = np.full((len(names), 2), np.nan)
     scores = np.zeros(len(names))
+    sim_w = [np.exp((sim - best_sim) / cfg.similarity_temperature) for _, sim in answers]
+    chosen = int(np.argmax([w * pred.score for (pred, _), w in zip(answers, sim_w, strict=True)]))
     for k, name in enumerate(names):
         cands = [
             (pred.points[pred.names.index(name)], float(pred.scores[pred.names.index(name)]), sim)
@@ -165,6 +173,12 @@ def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg:
         s = np.array([c[1] for c in cands])
         w = np.maximum(s, 1e-3) * np.exp((np.array([c[2] for c in cands]) - best_sim) / cfg.similarity_temperature)
         close = np.linalg.norm(p[:, None] - p[None], axis=-1) <= radius  # (n, n) agreement
+        owners = [j for j, (pred, _) in enumerate(answers) if name in pred.names]
+        if cfg.fusion == "best" and chosen in owners:
+            best = owners.index(chosen)
+            points[k] = p[best]
+            scores[k] = float(s[best] * w[close[best]].sum() / w.sum())
+            continue
         best = int(np.argmax(close.astype(np.float64) @ w))
         members = close[best]
         points[k] = (w[members, None] * p[members]).sum(axis=0) / w[members].sum()

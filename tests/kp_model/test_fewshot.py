@@ -95,3 +95,15 @@ def test_with_the_default_engine(blob_image, blob_names) -> None:
     query, truth = blob_image(centre=(96, 66))
     [pred] = p.predict([query])
     assert pred.names == blob_names and np.linalg.norm(pred.points - truth, axis=1).max() < 6
+
+
+def test_best_fusion_keeps_the_best_supports_pose() -> None:
+    def answer(x: float, score: float, sim: float) -> tuple[KeypointPrediction, float]:
+        return KeypointPrediction(["a", "b"], np.array([[x, 0.0], [x + 100.0, 0.0]]), np.array([score, score])), sim
+
+    cfg = FewShotConfig(fusion="best")
+    points, scores = fuse([answer(0, 0.5, 0.9), answer(1, 0.5, 0.9), answer(60, 0.9, 0.9)], ["a", "b"], cfg)
+    # the third answer has the best mean score: its points are kept whole; nobody agrees with it (radius 10 px)
+    assert points.tolist() == [[60.0, 0.0], [160.0, 0.0]] and scores == pytest.approx([0.9 * 0.9 / 1.9] * 2)
+    with pytest.raises(ValueError, match="fusion"):
+        FewShotConfig(fusion="vote")
