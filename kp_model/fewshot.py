@@ -30,7 +30,7 @@ FUSIONS = ("agree", "best")
 @dataclass(frozen=True)
 class FewShotConfig(JsonConfig):
     max_supports: int = 50  # supports kept per predictor; beyond, the first added leave first
-    shortlist: int = 3  # supports matched per query, the nearest by global descriptor (the per-query cost)
+    shortlist: int = 1  # supports matched per query, the nearest by global descriptor (the per-query cost; more measured worse)
     agree_radius: float = 0.1  # answers of a keypoint closer than this x the object's size (px) agree
     similarity_temperature: float = 0.05  # weight of a support's answer: exp((sim - best sim) / T) x its score
     fusion: str = "agree"  # "agree": per keypoint, the answer most weight agrees on; "best": the whole answer of the

@@ -1,8 +1,10 @@
 """Interactive correction: keypoints the annotator just placed are hard constraints. They are returned exactly where
-they were placed, and the other keypoints are re-solved given them: the similarity transform (rotation, scale,
-translation; translation only from one point) that takes the predicted positions of the placed keypoints onto the
-placed ones is applied to the rest of the prediction. A prediction that found the right part in the wrong pose
-(head and tail swapped, the whole animal shifted) is corrected as a whole by one or two clicks.
+they were placed, and from two placed points on, the other keypoints are re-solved given them: the similarity
+transform (rotation, scale, translation) that takes the predicted positions of the placed keypoints onto the placed
+ones is applied to the rest of the prediction, so a prediction that found the animal in the wrong pose (head and
+tail swapped, shifted, turned) is corrected as a whole by two clicks. One placed point moves only itself: measured
+on the mouse video (``kpassist bench fewshot``), shifting the others with it made them worse, since the keypoint
+predicted worst is usually wrong alone.
 
 Engine-agnostic: it works on any KeypointPrediction (pixels)."""
 
@@ -41,7 +43,7 @@ def constrain(pred: KeypointPrediction, placed: dict[str, tuple[float, float]]) 
     points = np.vstack([pred.points, np.full((len(names) - len(pred.names), 2), np.nan)]) if placed else pred.points.copy()
     scores = np.concatenate([pred.scores, np.ones(len(names) - len(pred.names))])
     anchors = [n for n in placed if n in pred.names and np.isfinite(pred.points[pred.names.index(n)]).all()]
-    if anchors:
+    if len(anchors) >= 2:  # one point says where that keypoint is, not where the others are: they stay
         src = np.array([pred.points[pred.names.index(n)] for n in anchors])
         dst = np.array([placed[n] for n in anchors], float)
         m = similarity(src, dst)

@@ -20,8 +20,8 @@ def test_placed_points_are_kept_exactly_and_the_rest_follows() -> None:
     fixed = constrain(pred, {"nose": (10.0, 50.0), "tail": (90.0, 50.0)})
     assert fixed.points[:2].tolist() == [[10.0, 50.0], [90.0, 50.0]] and fixed.scores[:2].tolist() == [1.0, 1.0]
     assert fixed.points[2] == pytest.approx([50.0, 60.0])  # rotated 180 degrees about the centre with them
-    one = constrain(pred, {"mid": (55.0, 42.0)})  # one click: the whole prediction shifts by (5, 2)
-    assert one.points.tolist() == [[95.0, 52.0], [15.0, 52.0], [55.0, 42.0]]
+    one = constrain(pred, {"mid": (55.0, 42.0)})  # one click moves that keypoint only
+    assert one.points.tolist() == [[90.0, 50.0], [10.0, 50.0], [55.0, 42.0]]
 
 
 def test_a_placed_keypoint_the_prediction_lacks_is_added() -> None:
