@@ -244,19 +244,21 @@ class OneShotMatcher:
             sims = (flat @ qdesc.T).reshape(n_rot, n_kp, hg, wg)
             grey = _smooth_grey(work) if same_scene else None  # only the same-scene verification reads it
             levels.append((qscale, qdesc, (hg, wg), grey, origin))
-            votes = np.exp((sims - 1.0) / cfg.temperature).astype(np.float32)
+            votes = np.exp((sims - 1.0) / cfg.temperature, dtype=np.float32)
+            kernel = np.ones((2 * tol + 1, 2 * tol + 1), np.uint8)
+            # each keypoint's votes dilated by the deformation tolerance, all rotations and keypoints in few calls
+            spread = np.log1p(_dilate_stack(votes.reshape(n_rot * n_kp, hg, wg), kernel) / cfg.vote_floor)
+            spread = spread.reshape(n_rot, n_kp, hg, wg)
             prior = -0.5 * (np.log2(ratio) / cfg.scale_prior) ** 2
             centre_prior = np.zeros((hg, wg), np.float32)
             if cfg.centre_prior > 0:
                 d = np.linalg.norm(grid / qscale - expected, axis=-1) / (cfg.centre_prior * diag)
                 centre_prior = (-0.5 * d**2).astype(np.float32)
-            kernel = np.ones((2 * tol + 1, 2 * tol + 1), np.uint8)
             for ai in range(n_rot):
                 acc = np.full((hg, wg), n_kp * np.log(cfg.vote_floor), np.float32)
                 for k in range(n_kp):
-                    spread = np.log1p(cv2.dilate(votes[ai, k], kernel) / cfg.vote_floor)
                     dx, dy = np.round(template.offsets[ai, voters[k]] / stride).astype(int)
-                    _add_shifted(acc, spread, dx, dy)
+                    _add_shifted(acc, spread[ai, k], dx, dy)
                 angle = (np.rad2deg(template.angles[ai]) + 180) % 360 - 180
                 rot_prior = -0.5 * (angle / cfg.rotation_prior_deg) ** 2 if cfg.rotation_prior_deg > 0 else 0.0
                 total = acc / n_kp + centre_prior
@@ -378,6 +380,16 @@ def _resize(image: np.ndarray, scale: float) -> np.ndarray:
     size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     return cv2.resize(image, size, interpolation=interp)
+
+
+def _dilate_stack(maps: np.ndarray, kernel: np.ndarray, channels: int = 64) -> np.ndarray:
+    """cv2.dilate of each (H, W) map of an (N, H, W) float32 stack, ``channels`` maps per OpenCV call."""
+    out = np.empty_like(maps)
+    for start in range(0, len(maps), channels):
+        block = np.ascontiguousarray(maps[start : start + channels].transpose(1, 2, 0))
+        dilated = cv2.dilate(block, kernel).reshape(block.shape)
+        out[start : start + channels] = dilated.transpose(2, 0, 1)
+    return out
 
 
 def _add_shifted(acc: np.ndarray, src: np.ndarray, dx: int, dy: int) -> None:
