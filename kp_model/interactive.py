@@ -1,10 +1,10 @@
 """Interactive correction: keypoints the annotator just placed are hard constraints. They are returned exactly where
-they were placed, and from two placed points on, the other keypoints are re-solved given them: the similarity
-transform (rotation, scale, translation) that takes the predicted positions of the placed keypoints onto the placed
-ones is applied to the rest of the prediction, so a prediction that found the animal in the wrong pose (head and
-tail swapped, shifted, turned) is corrected as a whole by two clicks. One placed point moves only itself: measured
-on the mouse video (``kpassist bench fewshot``), shifting the others with it made them worse, since the keypoint
-predicted worst is usually wrong alone.
+they were placed. The other keypoints are re-solved given them when the placed points show the whole pose was wrong:
+from two placed points on, the similarity transform (rotation, scale, translation) taking their predicted positions
+onto the placed ones is applied to the rest when it turns the prediction by more than ``MAX_KEEP_ROTATION_DEG`` (head
+and tail swapped, the animal facing the other way). Otherwise each placed point moves only itself: measured with
+``kpassist bench fewshot`` (tuning half: the mouse video and every other folder; checked on the other half), moving the
+rest by any transform made them worse on average, because the keypoints predicted worst are usually wrong alone.
 
 Engine-agnostic: it works on any KeypointPrediction (pixels)."""
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from kp_model.predictor import KeypointPrediction
+
+MAX_KEEP_ROTATION_DEG = 90.0  # a fitted turn beyond this means the pose was reversed: the rest of it is turned too
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -37,17 +39,18 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 def constrain(pred: KeypointPrediction, placed: dict[str, tuple[float, float]]) -> KeypointPrediction:
     """``pred`` re-solved given the ``placed`` keypoints (name -> (x, y) px): placed ones exactly there with score 1,
-    the others moved by the similarity transform fitted on the placed ones. Placed names the prediction lacks are
+    the others turned with them when the pose was reversed (see the module). Placed names the prediction lacks are
     added. Returns a new prediction."""
     names = list(pred.names) + [n for n in placed if n not in pred.names]
     points = np.vstack([pred.points, np.full((len(names) - len(pred.names), 2), np.nan)]) if placed else pred.points.copy()
     scores = np.concatenate([pred.scores, np.ones(len(names) - len(pred.names))])
     anchors = [n for n in placed if n in pred.names and np.isfinite(pred.points[pred.names.index(n)]).all()]
-    if len(anchors) >= 2:  # one point says where that keypoint is, not where the others are: they stay
+    if len(anchors) >= 2:
         src = np.array([pred.points[pred.names.index(n)] for n in anchors])
         dst = np.array([placed[n] for n in anchors], float)
         m = similarity(src, dst)
-        points = points @ m[:, :2].T + m[:, 2]
+        if abs(np.degrees(np.arctan2(m[1, 0], m[0, 0]))) > MAX_KEEP_ROTATION_DEG:
+            points = points @ m[:, :2].T + m[:, 2]
     for n, xy in placed.items():
         i = names.index(n)
         points[i] = xy

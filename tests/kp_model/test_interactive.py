@@ -28,3 +28,9 @@ def test_a_placed_keypoint_the_prediction_lacks_is_added() -> None:
     pred = KeypointPrediction(["nose"], np.array([[1.0, 2.0]]), np.array([0.3]))
     fixed = constrain(pred, {"tail": (7.0, 8.0)})
     assert fixed.names == ["nose", "tail"] and fixed.points.tolist() == [[1.0, 2.0], [7.0, 8.0]]
+
+
+def test_a_shift_or_small_turn_moves_only_the_placed_points() -> None:
+    pred = KeypointPrediction(["nose", "tail", "mid"], np.array([[10.0, 50.0], [90.0, 50.0], [50.0, 40.0]]), np.full(3, 0.5))
+    fixed = constrain(pred, {"nose": (20.0, 55.0), "tail": (100.0, 55.0)})  # both shifted by (10, 5): no reversal
+    assert fixed.points.tolist() == [[20.0, 55.0], [100.0, 55.0], [50.0, 40.0]]
