@@ -30,7 +30,7 @@ from rq.registry import StartedJobRegistry
 
 from backend.label_config import parse_keypoint_controls
 from backend.settings import Settings
-from backend.training_queue import redis_connection
+from backend.training_queue import TrainingQueue, redis_connection
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,7 @@ def _job_context(data_dir: str, ls_url: str):
     settings = replace(settings, data_dir=data_dir)
     limit_threads(settings.prelabel_threads)
     service = PredictionService(settings)
+    service.training = TrainingQueue(settings)  # a project this process indexes first gets its reconcile queued
     conn = service.connection(ls_url)
     if conn.client is None:
         raise PrelabelError("no Label Studio URL for the worker: set LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY)")
@@ -194,7 +195,7 @@ def plan_prelabel(project: int, run: str, data_dir: str, ls_url: str, chunk_size
     settings, service, conn = _job_context(data_dir, ls_url)
     redis = redis_connection(settings.redis_url)
     key = run_key(settings.queue_name, project)
-    if redis.hget(key, "run") != run.encode() or redis.hget(key, "status") != b"planning":
+    if redis.hmget(key, "run", "status") != [run.encode(), b"planning"]:
         return {"run": run, "status": "superseded or cancelled"}
     controls = parse_keypoint_controls(conn.client.project(project).get("label_config") or "")
     supports, version = service.prepare(project, controls, conn)
@@ -247,7 +248,7 @@ def prelabel_chunk(project: int, run: str, task_ids: list[int], data_dir: str, l
     key = run_key(settings.queue_name, project)
 
     def live() -> bool:
-        return redis.hget(key, "run") == run.encode() and redis.hget(key, "status") == b"running"
+        return redis.hmget(key, "run", "status") == [run.encode(), b"running"]
 
     counts = dict.fromkeys(("written", "skipped", "failed"), 0)
     if not live():
