@@ -110,12 +110,7 @@ class Prelabels:
         out: dict = {"project": project, "run": h["run"], "status": h["status"], **{c: int(h.get(c, 0)) for c in COUNTS}}
         out["version"] = h.get("version")
         out["reason"] = h.get("reason")
-        started = float(h.get("started_at") or 0)
-        end = float(h.get("finished_at") or 0) or time.time()
-        out["elapsed_s"] = round(end - started, 1) if started else 0.0
-        out["tasks_per_s"] = round(out["done"] / (end - started), 3) if started and end > started else 0.0
-        left = out["total"] - out["done"]
-        out["eta_s"] = round(left / out["tasks_per_s"], 1) if out["tasks_per_s"] > 0 and h["status"] in ACTIVE else None
+        out.update(_progress(h))
         out["seconds"] = {k[len("seconds_") :]: round(float(v), 2) for k, v in h.items() if k.startswith("seconds_")}
         out["failures"] = [json.loads(f) for f in self.redis.lrange(key + ":failures", 0, 49)]
         return out
@@ -152,10 +147,17 @@ def _chunk_finished(redis: Redis, key: str, run: str) -> dict:
     raw = {k.decode(): v.decode() for k, v in redis.hgetall(key).items()}
     if raw.get("run") == run and raw.get("status") == "running" and chunks_done >= int(raw.get("chunks", 0)):
         redis.hset(key, mapping={"status": "done", "finished_at": time.time()})
-    started = float(raw.get("started_at") or 0)
-    done, total = int(raw.get("done", 0)), int(raw.get("total", 0))
-    rate = done / (time.time() - started) if started else 0.0
-    return {"done": done, "total": total, "tasks_per_s": round(rate, 2), "eta_s": round((total - done) / rate) if rate else None}
+    return {"done": int(raw.get("done", 0)), "total": int(raw.get("total", 0)), **_progress(raw)}
+
+
+def _progress(h: dict[str, str]) -> dict:
+    """elapsed_s, tasks_per_s and eta_s (None once the run ended) of a run's decoded Redis hash."""
+    done, total = int(h.get("done", 0)), int(h.get("total", 0))
+    started = float(h.get("started_at") or 0)
+    end = float(h.get("finished_at") or 0) or time.time()
+    rate = round(done / (end - started), 3) if started and end > started else 0.0
+    eta = round((total - done) / rate, 1) if rate > 0 and h.get("status") in ACTIVE else None
+    return {"elapsed_s": round(end - started, 1) if started else 0.0, "tasks_per_s": rate, "eta_s": eta}
 
 
 def chunk_failed(job, connection, type, value, traceback) -> None:  # noqa: A002 - RQ's callback signature
