@@ -60,7 +60,8 @@ def _set_meta(**meta: object) -> None:
 
 
 def annotations_to_samples(tasks: list[dict], control: KeypointControl, fetch) -> list[TrainSample]:
-    """Human annotations of ``control`` as TrainSamples, oldest first; key "<task id>/<annotation id>".
+    """Every individual of the human annotations of ``control`` as TrainSamples, oldest first; key
+    "<task id>/<annotation id>[/<individual>]".
 
     Keypoints are in the order of ``control.labels``; unlabelled ones are invisible. Annotations left out by
     ``labelled_annotations`` and tasks whose image cannot be read are skipped (logged)."""
@@ -84,7 +85,7 @@ def annotations_to_samples(tasks: list[dict], control: KeypointControl, fetch) -
         for name, p in zip(item.points.names, px, strict=True):
             kps[names.index(name)] = p
             vis[names.index(name)] = True
-        key = f"{item.task.get('id')}/{item.annotation.get('id')}"
+        key = f"{item.task.get('id')}/{item.annotation.get('id')}" + (f"/{item.instance}" if item.instance else "")
         found.append((item.when, TrainSample(image, kps, vis, names, "object", key)))
     return [s for _, s in sorted(found, key=lambda pair: pair[0])]
 

@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from backend.convert import AnnotationFormatError, percent_to_pixels, regions_to_points
+from backend.convert import AnnotationFormatError, percent_to_pixels, regions_to_instances
 from backend.label_config import KeypointControl
 from kp_model.images import ImageLoadError
 from kp_model.kptllm.predictor import KptLLMPredictor
@@ -43,32 +43,38 @@ class LabelChecker:
             if not isinstance(predictor, KptLLMPredictor):  # the default engine cannot read what is at a point
                 return []
             for control in controls:
-                points = regions_to_points(annotation.get("result") or [], control)
                 ref = (task.get("data") or {}).get(control.image_field)
-                if len(points) < 2 or not isinstance(ref, str):
+                instances, _ = regions_to_instances(annotation.get("result") or [], control)
+                if not isinstance(ref, str) or not any(len(points) >= 2 for points in instances):
                     continue
                 image = conn.fetcher.fetch(ref)
                 h, w = image.shape[:2]
-                px = percent_to_pixels(np.asarray(points.xy_percent), w, h)
-                for warning in predictor.check_labels(image, px, list(points.names)):
-                    entry = {
-                        "project": project,
-                        "task": task.get("id"),
-                        "annotation": annotation.get("id"),
-                        "labels": list(warning.names),
-                        "read_as": list(warning.read_as),
-                        "message": warning.message,
-                        "time": time.time(),
-                    }
-                    log.warning(
-                        "project %s task %s annotation %s: %s", project, task.get("id"), annotation.get("id"), warning.message
-                    )
-                    found.append(entry)
+                for points in (p for p in instances if len(p) >= 2):  # every individual
+                    px = percent_to_pixels(np.asarray(points.xy_percent), w, h)
+                    found.extend(self._warn(project, task, annotation, predictor.check_labels(image, px, list(points.names))))
         except (AnnotationFormatError, ImageLoadError) as exc:
             log.warning("project %s: label check of annotation %s skipped: %s", project, annotation.get("id"), exc)
             return []
         with self._lock:
             self._warnings.setdefault(project, deque(maxlen=self.keep)).extend(found)
+        return found
+
+    @staticmethod
+    def _warn(project: int, task: dict, annotation: dict, warnings: list) -> list[dict]:
+        """The entries (logged) of ``check_labels`` warnings on one individual of ``annotation``."""
+        found = []
+        for warning in warnings:
+            entry = {
+                "project": project,
+                "task": task.get("id"),
+                "annotation": annotation.get("id"),
+                "labels": list(warning.names),
+                "read_as": list(warning.read_as),
+                "message": warning.message,
+                "time": time.time(),
+            }
+            log.warning("project %s task %s annotation %s: %s", project, task.get("id"), annotation.get("id"), warning.message)
+            found.append(entry)
         return found
 
     def warnings(self, project: int) -> list[dict]:

@@ -16,18 +16,18 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from backend.annotation_index import AnnotationIndex, reconcile_logged
-from backend.convert import AnnotationFormatError, percent_to_pixels, points_to_regions, regions_to_points
+from backend.convert import AnnotationFormatError, instance_regions, percent_to_pixels, points_to_regions, regions_to_points
 from backend.events import project_dir
 from backend.fetch import ImageFetcher
 from backend.label_check import LabelChecker
 from backend.label_config import KeypointControl
 from backend.ls_client import LabelStudioClient, LabelStudioError
 from backend.settings import Settings
-from backend.support import SupportCache, SupportRef, select_support
+from backend.support import SupportCache, SupportRef, select_supports
 from kp_model.build import ModelCache, PredictorConfig, build_predictor
 from kp_model.images import ImageLoadError
 from kp_model.interactive import constrain
-from kp_model.predictor import Predictor, SupportError
+from kp_model.predictor import Predictor, SupportError, predict_instances
 from kp_model.training.store import ModelStore, StoreError
 
 if TYPE_CHECKING:
@@ -135,9 +135,8 @@ class PredictionService:
         found: list[list[SupportRef]] = [[] for _ in controls]
         for task in index.iter_recent():
             for i, control in enumerate(controls):
-                ref = select_support([task], control) if len(found[i]) < cap else None
-                if ref is not None:
-                    found[i].append(ref)
+                if len(found[i]) < cap:
+                    found[i].extend(select_supports([task], control)[: cap - len(found[i])])
             if all(len(refs) >= cap for refs in found):
                 break
         return found
@@ -301,22 +300,35 @@ class PredictionService:
             except ImageLoadError as exc:
                 raise TaskPredictionError(str(exc)) from exc
             image = images[ref]
+            boxed = bool(control.box_from_name)
             try:
                 t0 = time.perf_counter()
-                pred = cached.predictor.predict([image])[0]
+                if boxed:  # several individuals, each a box with its keypoints
+                    preds = predict_instances(cached.predictor, [image])[0][: self.settings.max_instances]
+                else:
+                    preds = cached.predictor.predict([image])
                 if seconds is not None:
                     seconds["engine"] = seconds.get("engine", 0.0) + time.perf_counter() - t0
             except Exception as exc:  # one task's engine failure must not fail the batch: logged with its traceback
                 log.exception("task %s: the %s engine failed on its image %s", task_id, cached.engine_version, ref)
                 raise TaskPredictionError(f"the {cached.engine_version} engine failed: {exc!r}") from exc
             h, w = image.shape[:2]
+            min_score = self.settings.score_threshold
+            if boxed:
+                label = cached.ref.box_label or (control.box_labels[0] if control.box_labels else "")
+                for pred in preds:
+                    found = instance_regions(pred.names, pred.points, pred.scores, w, h, control, label, min_score)
+                    regions.extend(found)
+                    scores.extend(r["score"] for r in found[:1])  # the task's score: the mean of its individuals'
+                continue
+            pred = preds[0]
             fixed = (placed or {}).get(control.from_name) or {}
             if fixed:  # interactive: the placed points are hard constraints, the others re-solved given them
                 xy = {
                     n: percent_to_pixels(np.array([[r["value"]["x"], r["value"]["y"]]], float), w, h)[0] for n, r in fixed.items()
                 }
                 pred = constrain(pred, {n: (float(p[0]), float(p[1])) for n, p in xy.items()})
-            found = points_to_regions(pred.names, pred.points, pred.scores, w, h, control, self.settings.score_threshold)
+            found = points_to_regions(pred.names, pred.points, pred.scores, w, h, control, min_score)
             if fixed:  # returned exactly as placed (no percent -> pixel -> percent rounding)
                 found = [r for r in found if r["value"]["keypointlabels"][0] not in fixed] + [
                     {**r, "value": dict(r["value"]), "score": 1.0} for r in fixed.values()

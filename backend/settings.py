@@ -26,6 +26,7 @@ class Settings:
     max_image_pixels: int = 64_000_000  # KPASSIST_MAX_IMAGE_PIXELS: bigger images are refused (decompression bombs)
     max_image_bytes: int = 50_000_000  # KPASSIST_MAX_IMAGE_BYTES: bigger downloads are refused
     max_batch: int = 1000  # KPASSIST_MAX_BATCH: most tasks accepted in one /predict
+    max_instances: int = 10  # KPASSIST_MAX_INSTANCES: most individuals predicted per image (configs with boxes)
     predict_threads: int = 2  # KPASSIST_PREDICT_THREADS: tasks of one /predict handled in parallel (1.5x on 2 cores)
     redis_url: str = "redis://127.0.0.1:6379/0"  # REDIS_URL: the RQ queue's Redis
     queue_name: str = "kpassist"  # KPASSIST_QUEUE: RQ queue of the training worker; prefixes kpassist's Redis keys
@@ -47,7 +48,7 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
             raise SettingsError(f"score_threshold (KPASSIST_SCORE_THRESHOLD) must be in [0, 1], got {self.score_threshold}")
-        positive = ("max_image_pixels", "max_image_bytes", "max_batch", "predict_threads")
+        positive = ("max_image_pixels", "max_image_bytes", "max_batch", "predict_threads", "max_instances")
         for name in (
             *positive,
             "train_threshold",
@@ -102,6 +103,7 @@ class Settings:
             "max_image_bytes": "KPASSIST_MAX_IMAGE_BYTES",
             "max_batch": "KPASSIST_MAX_BATCH",
             "predict_threads": "KPASSIST_PREDICT_THREADS",
+            "max_instances": "KPASSIST_MAX_INSTANCES",
             "redis_url": "REDIS_URL",
             "queue_name": "KPASSIST_QUEUE",
             "train_threshold": "KPASSIST_TRAIN_THRESHOLD",

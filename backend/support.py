@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from backend.convert import AnnotationFormatError, LabelledPoints, percent_to_pixels, regions_to_points
+from backend.convert import AnnotationFormatError, LabelledPoints, percent_to_pixels, regions_to_instances
 from backend.label_config import KeypointControl
 from kp_model.fewshot import FewShotConfig, FewShotPredictor
 from kp_model.images import ImageLoadError
@@ -29,11 +29,13 @@ class SupportRef:
     image_ref: str
     names: tuple[str, ...]
     xy_percent: tuple[tuple[float, float], ...]
+    instance: int = 0  # which individual of the annotation (its boxes in order; 0 without boxes)
+    box_label: str = ""  # the label of that individual's box, "" without boxes
 
     @property
     def key(self) -> str:
         """Changes whenever the annotation does: the cache key and part of the model version."""
-        return f"{self.annotation_id}@{self.updated_at}"
+        return f"{self.annotation_id}@{self.updated_at}" + (f"_i{self.instance}" if self.instance else "")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class LabelledAnnotation:
     annotation: dict
     points: LabelledPoints
     stamp: str  # updated_at (else created_at) as Label Studio wrote it
+    instance: int = 0  # which individual of the annotation (regions_to_instances order)
 
     @property
     def when(self) -> datetime:
@@ -52,8 +55,9 @@ class LabelledAnnotation:
 
 
 def labelled_annotations(tasks: Iterable[dict], control: KeypointControl) -> Iterator[LabelledAnnotation]:
-    """The annotations of ``tasks`` (Label Studio task dicts carrying ``annotations`` and ``data``) that hold
-    keypoints of ``control``; cancelled, empty and malformed ones (logged) are left out."""
+    """The individuals (``regions_to_instances``) of the annotations of ``tasks`` (Label Studio task dicts carrying
+    ``annotations`` and ``data``), one item each; cancelled, empty and malformed annotations are left out, and what
+    an annotation leaves out (a repeated label, a keypoint whose box is missing) is logged with its task."""
     for task in tasks:
         image_ref = (task.get("data") or {}).get(control.image_field)
         if not isinstance(image_ref, str):
@@ -62,17 +66,22 @@ def labelled_annotations(tasks: Iterable[dict], control: KeypointControl) -> Ite
             if not isinstance(ann, dict) or ann.get("was_cancelled"):
                 continue
             try:
-                points = regions_to_points(ann.get("result") or [], control)
+                instances, skipped = regions_to_instances(ann.get("result") or [], control)
             except AnnotationFormatError as exc:
                 log.warning("annotation %s of task %s skipped: %s", ann.get("id"), task.get("id"), exc)
                 continue
-            if len(points):
-                yield LabelledAnnotation(task, image_ref, ann, points, str(ann.get("updated_at") or ann.get("created_at") or ""))
+            for reason in skipped:
+                log.warning("annotation %s of task %s: %s", ann.get("id"), task.get("id"), reason)
+            stamp = str(ann.get("updated_at") or ann.get("created_at") or "")
+            for i, points in enumerate(instances):
+                yield LabelledAnnotation(task, image_ref, ann, points, stamp, i)
 
 
-def select_support(tasks: Iterable[dict], control: KeypointControl) -> SupportRef | None:
-    """The most recently updated, not cancelled annotation with at least one keypoint of ``control``."""
-    best: tuple[datetime, SupportRef] | None = None
+def select_supports(tasks: Iterable[dict], control: KeypointControl) -> list[SupportRef]:
+    """Every individual of the most recently updated, not cancelled annotation with keypoints of ``control`` (one
+    SupportRef each, in box order); [] when there is none."""
+    best: tuple[datetime, int] | None = None
+    refs: list[SupportRef] = []
     for found in labelled_annotations(tasks, control):
         ref = SupportRef(
             int(found.annotation["id"]),
@@ -81,11 +90,21 @@ def select_support(tasks: Iterable[dict], control: KeypointControl) -> SupportRe
             found.image_ref,
             tuple(found.points.names),
             tuple((float(x), float(y)) for x, y in found.points.xy_percent),
+            found.instance,
+            found.points.box_label,
         )
-        when = found.when
-        if best is None or (when, ref.annotation_id) > (best[0], best[1].annotation_id):
-            best = (when, ref)
-    return None if best is None else best[1]
+        when = (found.when, ref.annotation_id)
+        if best is None or when > best:
+            best, refs = when, [ref]
+        elif when == best:
+            refs.append(ref)
+    return refs
+
+
+def select_support(tasks: Iterable[dict], control: KeypointControl) -> SupportRef | None:
+    """The first individual of ``select_supports`` (None when there is none)."""
+    refs = select_supports(tasks, control)
+    return refs[0] if refs else None
 
 
 @dataclass

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,6 +74,42 @@ def bench_oneshot(args: argparse.Namespace) -> int:
         log.info("plots written beside %s", out)
     print(table)
     log.info("report written to %s", args.out)
+    return 0
+
+
+def bench_instances(args: argparse.Namespace) -> int:
+    from bench.instances import multi_instance_folders, run_instances_bench
+    from kp_model.build import PredictorConfig
+    from kp_model.oneshot.instances import count_instances
+
+    folders = multi_instance_folders(Path(args.data)) + [Path(c) for c in args.coco]
+    if args.folders:
+        folders = [f for f in folders if f.name in args.folders]
+    engine = PredictorConfig.from_file(args.engine_config) if args.engine_config else PredictorConfig()
+    scratch = tempfile.TemporaryDirectory(prefix="kpassist-composite-")
+    if args.composite:  # two disjoint composite sets, from the even and the odd frames: one lands in each half
+        from bench.composite import composite_folder
+
+        source = Path(args.data) / args.composite
+        for parity, tag in ((0, "even"), (1, "odd")):
+            out_dir = Path(scratch.name) / f"composite_{tag}__{source.name}"
+            folders.append(composite_folder(source, out_dir, args.composite_images, seed=parity, parity=parity))
+    report, records, rule = run_instances_bench(folders, engine, args.max_supports, args.max_queries, not args.no_tune)
+    out = _write(report, args.out)
+    if not args.no_plots:
+        from bench.plots import instance_overlays
+
+        counts = {i: count_instances(r["scores"], rule) for i, r in enumerate(records)}
+        instance_overlays(records, counts, out.with_suffix(".png"))
+    scratch.cleanup()
+    for tag in ("A", "B", "all"):
+        s = report["summary"][tag]
+        line = "; ".join(
+            f"{v}: PCK@0.2 {s[v]['pck@0.2']:.3f}, count {s[v]['count_accuracy']:.2f}, "
+            f"P {s[v]['precision']:.2f}, R {s[v]['recall']:.2f}"
+            for v in ("single", "estimated", "oracle")
+        )
+        print(f"{tag} ({s['estimated']['images']} images): {line}")
     return 0
 
 
@@ -291,6 +328,21 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--frames", type=int, default=50, help="distinct mouse frames the tasks cycle through")
     b.add_argument("--out", default="bench-out/prelabel.json")
     b.set_defaults(func=bench_prelabel)
+    b = bench.add_parser("instances", help="several individuals per image: count, OKS-matched PCK, precision/recall")
+    b.add_argument("--data", default="../shared/data", help="folder of COCO keypoint folders (multi-instance ones are used)")
+    b.add_argument("--coco", nargs="*", default=[], help="more COCO keypoint folders to include")
+    b.add_argument("--folders", nargs="*", default=None, help="only these folders")
+    b.add_argument("--max-supports", type=int, default=4, help="supports per folder at most (all-pairs)")
+    b.add_argument("--max-queries", type=int, default=None, help="queries per support at most")
+    b.add_argument("--engine-config", default=None, help="PredictorConfig JSON file (default: built-in)")
+    b.add_argument("--no-tune", action="store_true", help="use the engine's count rule instead of tuning it on half A")
+    b.add_argument(
+        "--composite", default="dlc__openfield_mouse", help="video folder of --data made into 1-4 animal composites ('' none)"
+    )
+    b.add_argument("--composite-images", type=int, default=24, help="images per composite set (2 x 2 cells, 1 to 4 animals)")
+    b.add_argument("--out", default="bench-out/instances.json")
+    b.add_argument("--no-plots", action="store_true", help="skip the PNG overlays")
+    b.set_defaults(func=bench_instances)
     b = bench.add_parser("contention", help="/predict latency idle and while the worker trains, per KPASSIST_TRAIN_THREADS")
     b.add_argument("--data", default="../shared/data", help="folder holding dlc__openfield_mouse")
     b.add_argument("--threads", type=int, nargs="+", default=[1, 2])

@@ -128,3 +128,39 @@ def fewshot_curves(report: dict, out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def instance_overlays(records: list[dict], counts: dict[int, int], out: Path, per_folder: int = 1) -> Path:
+    """The first ``per_folder`` query of each folder: annotated instances (green crosses) and the estimated
+    instances (one colour each, circles joined to their box); ``counts`` maps a record's index to its estimate."""
+    plt = _pyplot()
+    chosen, seen = [], {}
+    for i, r in enumerate(records):
+        if seen.get(r["folder"], 0) < per_folder:
+            seen[r["folder"]] = seen.get(r["folder"], 0) + 1
+            chosen.append(i)
+    cols = 4
+    rows = max(1, -(-len(chosen) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
+    for ax, i in zip(axes.ravel(), chosen, strict=False):
+        r = records[i]
+        ax.imshow(load_image_rgb(Path(r["data"]) / r["folder"] / "images" / r["query"]))
+        for t in r["truths"]:
+            p = t.keypoints[t.counted]
+            ax.plot(p[:, 0], p[:, 1], "g+", ms=6)
+        for j, pts in enumerate(r["ranked"][: counts[i]]):
+            colour = plt.cm.tab10(j % 10)
+            ax.plot(pts[:, 0], pts[:, 1], "o", ms=3, color=colour)
+            ok = np.isfinite(pts).all(axis=1)
+            if ok.any():
+                x0, y0 = pts[ok].min(axis=0)
+                x1, y1 = pts[ok].max(axis=0)
+                ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=colour, lw=1))
+        ax.set_title(f"{r['folder'].replace('mmpose__', '')}: {counts[i]} found / {r['true']} true", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

@@ -22,6 +22,7 @@ from kp_model.kptllm.checkpoint import load_checkpoint
 from kp_model.kptllm.modeling import KptLLM
 from kp_model.kptllm.predictor import KptLLMPredictor
 from kp_model.memory import model_bytes
+from kp_model.oneshot.instances import InstanceConfig
 from kp_model.oneshot.matcher import ONESHOT_REVISION, OneShotConfig
 from kp_model.oneshot.predictor import OneShotPredictor
 from kp_model.predictor import Predictor
@@ -40,6 +41,7 @@ class PredictorConfig(JsonConfig):
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)  # many supports: how many, how many per query, fusion
     mirror: bool = False  # also try the support flipped, left/right labels swapped (other scenes): helps people, flips zebras
     mirror_margin: float = 0.25  # the flipped support must beat the support's pose score by this much to be used
+    instances: InstanceConfig = field(default_factory=InstanceConfig)  # several individuals per image (oneshot engine)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -120,4 +122,4 @@ def build_predictor(cfg: PredictorConfig | None = None, models: ModelCache | Non
             return KptLLMPredictor(load_checkpoint(cfg.checkpoint, cfg.device))
         models.get(cfg.checkpoint, cfg.device)  # load now: a bad checkpoint fails here, not at the first predict
         return KptLLMPredictor(lambda: models.get(cfg.checkpoint, cfg.device))
-    return OneShotPredictor(cfg.oneshot, mirror=cfg.mirror, mirror_margin=cfg.mirror_margin)
+    return OneShotPredictor(cfg.oneshot, mirror=cfg.mirror, mirror_margin=cfg.mirror_margin, instances=cfg.instances)

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from kp_model.config import JsonConfig
-from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError, validate_support
+from kp_model.oneshot.instances import RankedInstancePredictor, count_instances, merge_ranked
+from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError, predict_instances, validate_support
 
 FUSIONS = ("agree", "best")
 
@@ -35,6 +36,7 @@ class FewShotConfig(JsonConfig):
     similarity_temperature: float = 0.05  # weight of a support's answer: exp((sim - best sim) / T) x its score
     fusion: str = "agree"  # "agree": per keypoint, the answer most weight agrees on; "best": the whole answer of the
     # support with the highest weighted mean score (its pose kept intact); both score a keypoint by agreement
+    instance_supports: int = 4  # individuals: at most this many supports of the nearest image (its individuals) search
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -43,6 +45,8 @@ class FewShotConfig(JsonConfig):
             raise ValueError(f"max_supports must be >= 1, got {self.max_supports}")
         if self.shortlist < 1:
             raise ValueError(f"shortlist must be >= 1, got {self.shortlist}")
+        if self.instance_supports < 1:
+            raise ValueError(f"instance_supports must be >= 1, got {self.instance_supports}")
         if self.agree_radius <= 0:
             raise ValueError(f"agree_radius must be > 0, got {self.agree_radius}")
         if self.similarity_temperature <= 0:
@@ -130,6 +134,40 @@ class FewShotPredictor:
             raise SupportNotSetError("no support set: call add_support(key, image, keypoints, names) before predict()")
         return [self._predict_one(np.asarray(image)) for image in images]
 
+    def ranked_instances(self, image: np.ndarray) -> tuple[list[KeypointPrediction], list[float]]:
+        """Candidate individuals in one (H, W, 3) uint8 RGB image, best first, with their evidence: every support of
+        the nearest image (each individual annotated there, at most ``instance_supports``) searches the image and
+        their candidates are merged (kp_model.oneshot.instances.merge_ranked). An engine that does not rank
+        individuals answers one, evidence 0."""
+        if not self._supports:
+            raise SupportNotSetError("no support set: call add_support(key, image, keypoints, names) before predict()")
+        image = np.asarray(image)
+        names = self.support_names
+        ranked = self.nearest(image, len(self._supports))
+        group = [key for key, sim in ranked if sim >= ranked[0][1] - 1e-6][: self.cfg.instance_supports]
+        rankers = [p for p in (self._supports[k].predictor for k in group) if isinstance(p, RankedInstancePredictor)]
+        if not rankers:
+            [[pred, *_]] = predict_instances(self._supports[group[0]].predictor, [image])
+            return [_reorder(pred, names)], [0.0]
+        lists = []
+        for predictor in rankers:
+            preds, evidence = predictor.ranked_instances(image)
+            lists.append(([_reorder(p, names) for p in preds], evidence))
+        return merge_ranked(lists, rankers[0].instances)
+
+    def predict_instances(self, images: list[np.ndarray]) -> list[list[KeypointPrediction]]:
+        """Every individual in each (H, W, 3) uint8 RGB image, best first (``ranked_instances`` cut by the engine's
+        count rule); keypoints are ``support_names``."""
+        out = []
+        for image in images:
+            preds, evidence = self.ranked_instances(image)
+            rule = next((p.instances for p in self._predictors() if isinstance(p, RankedInstancePredictor)), None)
+            out.append(preds[: count_instances(evidence, rule)] if rule is not None else preds)
+        return out
+
+    def _predictors(self) -> list[Predictor]:
+        return [s.predictor for s in self._supports.values()]
+
     def _predict_one(self, image: np.ndarray) -> KeypointPrediction:
         t0 = time.perf_counter()
         names = self.support_names
@@ -184,3 +222,14 @@ def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg:
         points[k] = (w[members, None] * p[members]).sum(axis=0) / w[members].sum()
         scores[k] = float(s[members].mean() * w[members].sum() / w.sum())
     return points, scores
+
+
+def _reorder(pred: KeypointPrediction, names: list[str]) -> KeypointPrediction:
+    """``pred`` with its keypoints in the order of ``names``; a name it lacks gets score 0 at (nan, nan)."""
+    points = np.full((len(names), 2), np.nan)
+    scores = np.zeros(len(names))
+    for k, name in enumerate(names):
+        if name in pred.names:
+            i = pred.names.index(name)
+            points[k], scores[k] = pred.points[i], pred.scores[i]
+    return KeypointPrediction(names, points, scores, pred.seconds, pred.texts)

@@ -4,6 +4,7 @@ predict many query images. Numpy in and out, pixels (x right, y down).
 predictor = build_predictor(PredictorConfig())       # kp_model.build
 predictor.set_support(image, keypoints, names)        # (H, W, 3) uint8, (K, 2) px, K names
 [pred] = predictor.predict([query])                    # pred.points (K, 2) px, pred.scores (K,) in [0, 1]
+[preds] = predict_instances(predictor, [query])        # every individual, best first
 
 This module imports no engine: engines import it, and ``kp_model.build`` imports the engines.
 """
@@ -65,6 +66,23 @@ class Predictor(Protocol):
 
         Raises SupportNotSetError before set_support()."""
         ...
+
+
+@runtime_checkable
+class InstancePredictor(Predictor, Protocol):
+    """An engine that finds several individuals per image (the weight-free engine and few-shot over it)."""
+
+    def predict_instances(self, images: list[np.ndarray]) -> list[list[KeypointPrediction]]:
+        """Every individual found in each (H, W, 3) uint8 RGB image, best first (count estimated per image)."""
+        ...
+
+
+def predict_instances(predictor: Predictor, images: list[np.ndarray]) -> list[list[KeypointPrediction]]:
+    """Every individual in each image, best first: the engine's own search when it has one (``InstancePredictor``),
+    else its one prediction per image (the learned model finds one individual)."""
+    if isinstance(predictor, InstancePredictor):
+        return predictor.predict_instances(images)
+    return [[pred] for pred in predictor.predict(images)]
 
 
 def validate_support(image: np.ndarray, keypoints: np.ndarray, names: list[str]) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 from kp_model.config import JsonConfig
 from kp_model.oneshot.descriptors import DescriptorConfig, PooledChannels, _bilinear, describe_margin, norm_floor_of
 from kp_model.oneshot.encoder import EncoderChannels, EncoderConfig, PatchEncoder
+from kp_model.oneshot.grid import add_shifted, dilate_stack, local_peaks, subpixel
 
 ONESHOT_REVISION = 2  # bumped when the same settings give other predictions (2: query descriptors pooled on the grid)
 
@@ -110,6 +111,18 @@ class SupportTemplate:
     rotations: np.ndarray  # (A, 2, 2) rotation matrices taking support offsets to each searched angle
     region: np.ndarray  # (M, 2) working-px offsets from the centre of support pixels around the keypoints
     region_grey: np.ndarray  # (M,) zero-mean unit-norm grey values of the support at ``region``
+
+
+@dataclass
+class Votes:
+    """What ``OneShotMatcher.vote`` found in one query: candidates and peaks are (score, level, rotation index,
+    x cell, y cell); levels (qscale, dense descriptors, (hg, wg), grey or None, origin px) per searched scale."""
+
+    same_scene: bool
+    support: np.ndarray  # (A, K, D) the support descriptors matched (same-scene or cross)
+    candidates: list[tuple[float, int, int, int, int]] = field(default_factory=list)  # best pose per (scale, rotation)
+    peaks: list[tuple[float, int, int, int, int]] = field(default_factory=list)  # local maxima (``vote(peaks=n)``)
+    levels: list[tuple] = field(default_factory=list)
 
 
 @dataclass
@@ -212,7 +225,18 @@ class OneShotMatcher:
         )
 
     def match(self, template: SupportTemplate, image: np.ndarray) -> Match:
-        """Find the support's keypoints in a query image ((H, W, 3) uint8 RGB)."""
+        """Find the support's keypoints in a query image ((H, W, 3) uint8 RGB): the best pose of the vote."""
+        votes = self.vote(template, image)
+        return self.finish(template, votes, self.choose(template, votes))
+
+    def choose(self, template: SupportTemplate, votes: Votes) -> tuple[float, int, int, int, int]:
+        """The best pose candidate of ``votes``: re-ranked by grey correlation in the support's scene."""
+        return self._verify(template, votes.candidates, votes.levels) if votes.same_scene else max(votes.candidates)
+
+    def vote(self, template: SupportTemplate, image: np.ndarray, peaks: int = 0) -> Votes:
+        """The Hough vote of the support's constellation over a query ((H, W, 3) uint8 RGB) at every searched scale
+        and rotation: the best pose of each (scale, rotation), and with ``peaks`` > 0 also that many local maxima
+        of each one's vote map (other individuals; scored without the centre prior or the copy bonus)."""
         cfg = self.cfg
         same_scene = float(template.thumbnail @ _thumbnail(image)) >= cfg.same_scene_threshold
         dcfg = cfg.descriptor if same_scene else cfg.cross_descriptor
@@ -224,8 +248,7 @@ class OneShotMatcher:
         stride = self.stride
         tol = max(1, int(round(cfg.vote_tolerance * self.object_size / stride)))
         zero_angle = int(np.argmin(np.abs((np.rad2deg(template.angles) + 180) % 360 - 180)))
-        candidates: list[tuple[float, int, int, int, int]] = []  # (score, level, angle, x, y)
-        levels = []
+        votes = Votes(same_scene, support)
         qh, qw = image.shape[:2]
         diag = float(np.hypot(qh, qw))
         size_ratio = diag / template.image_diag  # objects are assumed to scale with the image
@@ -243,12 +266,12 @@ class OneShotMatcher:
             origin = grid[0, 0].astype(np.float64)  # working px of grid cell (0, 0)
             sims = (flat @ qdesc.T).reshape(n_rot, n_kp, hg, wg)
             grey = _smooth_grey(work) if same_scene else None  # only the same-scene verification reads it
-            levels.append((qscale, qdesc, (hg, wg), grey, origin))
-            votes = np.exp((sims - 1.0) / cfg.temperature, dtype=np.float32)
+            votes.levels.append((qscale, qdesc, (hg, wg), grey, origin))
+            level = len(votes.levels) - 1
             kernel = np.ones((2 * tol + 1, 2 * tol + 1), np.uint8)
             # each keypoint's votes dilated by the deformation tolerance, all rotations and keypoints in few calls
-            spread = np.log1p(_dilate_stack(votes.reshape(n_rot * n_kp, hg, wg), kernel) / cfg.vote_floor)
-            spread = spread.reshape(n_rot, n_kp, hg, wg)
+            spread = dilate_stack(np.exp((sims - 1.0) / cfg.temperature, dtype=np.float32).reshape(n_rot * n_kp, hg, wg), kernel)
+            spread = np.log1p(spread / cfg.vote_floor).reshape(n_rot, n_kp, hg, wg)
             prior = -0.5 * (np.log2(ratio) / cfg.scale_prior) ** 2
             centre_prior = np.zeros((hg, wg), np.float32)
             if cfg.centre_prior > 0:
@@ -258,25 +281,33 @@ class OneShotMatcher:
                 acc = np.full((hg, wg), n_kp * np.log(cfg.vote_floor), np.float32)
                 for k in range(n_kp):
                     dx, dy = np.round(template.offsets[ai, voters[k]] / stride).astype(int)
-                    _add_shifted(acc, spread[ai, k], dx, dy)
+                    add_shifted(acc, spread[ai, k], dx, dy)
                 angle = (np.rad2deg(template.angles[ai]) + 180) % 360 - 180
                 rot_prior = -0.5 * (angle / cfg.rotation_prior_deg) ** 2 if cfg.rotation_prior_deg > 0 else 0.0
-                total = acc / n_kp + centre_prior
+                acc /= n_kp
+                total = acc + centre_prior
                 y, x = np.unravel_index(int(np.argmax(total)), total.shape)
                 score = float(total[y, x]) + prior + rot_prior
-                candidates.append((score, len(levels) - 1, ai, int(x), int(y)))
+                votes.candidates.append((score, level, ai, int(x), int(y)))
                 if copy_bonus > 0 and ai == zero_angle and ratio == 1.0:
                     # the support's own place and pose, scaled with the image (what copying would do)
                     cx, cy = np.clip(np.round((expected * qscale - origin) / stride).astype(int), 0, [wg - 1, hg - 1])
-                    candidates.append((float(total[cy, cx]) + copy_bonus, len(levels) - 1, ai, int(cx), int(cy)))
-        if not candidates:
+                    votes.candidates.append((float(total[cy, cx]) + copy_bonus, level, ai, int(cx), int(cy)))
+                for value, px, py in local_peaks(acc, tol, peaks) if peaks else ():
+                    votes.peaks.append((value + prior + rot_prior, level, ai, px, py))
+        if not votes.candidates:
             raise ValueError(f"query image of shape {image.shape} is too small to match")
-        score, li, ai, x, y = self._verify(template, candidates, levels) if same_scene else max(candidates)
-        qscale, qdesc, (hg, wg), _, origin = levels[li]
-        sims = (support[ai] @ qdesc.T).reshape(-1, hg, wg)  # every keypoint, at the chosen rotation
+        return votes
+
+    def finish(self, template: SupportTemplate, votes: Votes, candidate: tuple[float, int, int, int, int]) -> Match:
+        """The keypoints of one pose ``candidate`` (score, level, rotation, x, y cell) of ``votes``, refined locally."""
+        score, li, ai, x, y = candidate
+        qscale, qdesc, (hg, wg), _, origin = votes.levels[li]
+        sims = (votes.support[ai] @ qdesc.T).reshape(-1, hg, wg)  # every keypoint, at the chosen rotation
         points, scores = self._refine(sims, template.offsets[ai], x, y)
         points = (points + origin) / qscale
-        return Match(points, scores, score, float(np.rad2deg(template.angles[ai])), template.scale / qscale, same_scene)
+        angle = float(np.rad2deg(template.angles[ai]))
+        return Match(points, scores, score, angle, template.scale / qscale, votes.same_scene)
 
     def _verify(self, template: SupportTemplate, candidates: list, levels: list) -> tuple[float, int, int, int, int]:
         """Best candidate after adding the grey-level correlation of the support region warped by each pose."""
@@ -317,7 +348,7 @@ class OneShotMatcher:
                 continue
             weighted = np.exp((sims[k] - 1.0) / cfg.temperature) * prior
             y, x = np.unravel_index(int(np.argmax(weighted)), weighted.shape)
-            ox, oy = _subpixel(weighted, x, y)
+            ox, oy = subpixel(weighted, x, y)
             points[k] = ((x + ox) * stride, (y + oy) * stride)
             scores[k] = float(np.clip(sims[k, y, x], 0.0, 1.0))
         return points, scores
@@ -380,37 +411,3 @@ def _resize(image: np.ndarray, scale: float) -> np.ndarray:
     size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     return cv2.resize(image, size, interpolation=interp)
-
-
-def _dilate_stack(maps: np.ndarray, kernel: np.ndarray, channels: int = 64) -> np.ndarray:
-    """cv2.dilate of each (H, W) map of an (N, H, W) float32 stack, ``channels`` maps per OpenCV call."""
-    out = np.empty_like(maps)
-    for start in range(0, len(maps), channels):
-        block = np.ascontiguousarray(maps[start : start + channels].transpose(1, 2, 0))
-        dilated = cv2.dilate(block, kernel).reshape(block.shape)
-        out[start : start + channels] = dilated.transpose(2, 0, 1)
-    return out
-
-
-def _add_shifted(acc: np.ndarray, src: np.ndarray, dx: int, dy: int) -> None:
-    """acc[y, x] += src[y + dy, x + dx] where defined (centre c gets the vote of keypoint at c + d)."""
-    h, w = acc.shape
-    y0, y1 = max(0, -dy), min(h, h - dy)
-    x0, x1 = max(0, -dx), min(w, w - dx)
-    if y0 < y1 and x0 < x1:
-        acc[y0:y1, x0:x1] += src[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
-
-
-def _subpixel(score: np.ndarray, x: int, y: int) -> tuple[float, float]:
-    """Quadratic sub-cell offset of a peak, each axis in [-0.5, 0.5]."""
-    h, w = score.shape
-    ox = oy = 0.0
-    if 0 < x < w - 1:
-        left, c, right = score[y, x - 1], score[y, x], score[y, x + 1]
-        den = left - 2 * c + right
-        ox = float(np.clip(0.5 * (left - right) / den, -0.5, 0.5)) if den < 0 else 0.0
-    if 0 < y < h - 1:
-        t, c, b = score[y - 1, x], score[y, x], score[y + 1, x]
-        den = t - 2 * c + b
-        oy = float(np.clip(0.5 * (t - b) / den, -0.5, 0.5)) if den < 0 else 0.0
-    return ox, oy

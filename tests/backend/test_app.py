@@ -239,3 +239,24 @@ def test_interactive_context_keeps_the_placed_points(make_client, images, suppor
     assert both["snout"]["value"] == first["value"] and both["leftear"]["value"] == second["value"]
     assert both["rightear"]["value"] == free["rightear"]["value"]
     assert predict({"result": "not a list"}).keys() == free.keys()  # a malformed context is ignored
+
+
+def test_a_config_with_boxes_gets_individuals_as_boxes_with_linked_keypoints(make_client, images, support_ref) -> None:
+    """RectangleLabels + KeyPointLabels: each individual comes back as a box region and its keypoints, linked by
+    parentID, each with a score (LS's convention for instances)."""
+    _, client = make_client(support_ref, max_instances=3)
+    config = label_config.read("mouse_topview_4_instances")
+    client.post("/setup", json={"project": "2.1", "schema": config})
+    body = {"tasks": [{"id": 10, "data": {"image": images["query"]}}], "project": "2.1", "label_config": config}
+    [prediction] = client.post("/predict", json=body).json["results"]
+    boxes = [r for r in prediction["result"] if r["type"] == "rectanglelabels"]
+    points = [r for r in prediction["result"] if r["type"] == "keypointlabels"]
+    assert 1 <= len(boxes) <= 3  # KPASSIST_MAX_INSTANCES caps them
+    assert {b["from_name"] for b in boxes} == {"box"} and all(b["value"]["rectanglelabels"] == ["mouse"] for b in boxes)
+    assert sorted(p["parentID"] for p in points) == sorted(b["id"] for b in boxes for _ in range(3))
+    for b in boxes:  # the box holds its own keypoints
+        v = b["value"]
+        for p in (p for p in points if p["parentID"] == b["id"]):
+            assert v["x"] <= p["value"]["x"] <= v["x"] + v["width"] and v["y"] <= p["value"]["y"] <= v["y"] + v["height"]
+        assert 0 <= b["score"] <= 1
+    assert prediction["score"] == pytest.approx(float(np.mean([b["score"] for b in boxes])), abs=1e-3)

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from backend.convert import AnnotationFormatError, percent_to_pixels, pixels_to_percent, points_to_regions, regions_to_points
+from backend.convert import (
+    AnnotationFormatError,
+    instance_regions,
+    percent_to_pixels,
+    pixels_to_percent,
+    points_to_regions,
+    regions_to_instances,
+    regions_to_points,
+)
 from backend.label_config import KeypointControl
 
 CONTROL = KeypointControl("kp", "image", "image", ("snout", "leftear", "rightear", "tailbase"))
@@ -63,3 +71,66 @@ def test_points_to_regions_threshold_units_and_clipping() -> None:
     assert (regions[1]["value"]["x"], regions[1]["value"]["y"]) == (100.0, 0.0)
     assert regions[0]["from_name"] == "kp" and regions[0]["to_name"] == "image" and regions[0]["type"] == "keypointlabels"
     assert regions[0]["original_width"] == 640 and regions[0]["score"] == pytest.approx(0.9)
+
+
+BOXED = KeypointControl("kp", "image", "image", ("snout", "leftear", "rightear", "tailbase"), "box", ("mouse", "rat"))
+
+
+def box(region_id: str, label: str = "mouse") -> dict:
+    return {
+        "id": region_id,
+        "from_name": "box",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "value": {"x": 1, "y": 1, "width": 40, "height": 40, "rectanglelabels": [label]},
+    }
+
+
+def child(label: str, x: float, y: float, parent: str | None) -> dict:
+    r = region(label, x, y)
+    r["id"] = f"{label}-{parent}"
+    if parent is not None:
+        r["parentID"] = parent
+    return r
+
+
+def test_regions_to_instances_groups_keypoints_by_their_box() -> None:
+    result = [
+        box("a"),
+        box("b", "rat"),
+        box("empty"),  # a box without keypoints: ignored
+        child("snout", 10, 10, "a"),
+        child("tailbase", 30, 30, "a"),
+        child("snout", 60, 60, "b"),
+        child("leftear", 5, 5, "gone"),  # its box is not in the annotation: left out, reported
+    ]
+    instances, skipped = regions_to_instances(result, BOXED)
+    assert [(i.names, i.box_label) for i in instances] == [(["snout", "tailbase"], "mouse"), (["snout"], "rat")]
+    np.testing.assert_allclose(instances[0].xy_percent, [[10, 10], [30, 30]])
+    np.testing.assert_allclose(instances[1].xy_percent, [[60, 60]])
+    assert len(skipped) == 1 and "'gone'" in skipped[0] and "no box" in skipped[0]
+
+
+def test_a_repeated_label_without_boxes_is_refused_with_what_to_change() -> None:
+    instances, skipped = regions_to_instances([region("snout", 10, 10), region("snout", 50, 50)], CONTROL)
+    assert instances == []
+    assert len(skipped) == 1 and "repeats a keypoint label" in skipped[0] and "RectangleLabels" in skipped[0]
+    # one individual, no boxes: as regions_to_points, one instance
+    instances, skipped = regions_to_instances([region("snout", 10, 10), region("tailbase", 50, 50)], CONTROL)
+    assert [i.names for i in instances] == [["snout", "tailbase"]] and skipped == []
+
+
+def test_instance_regions_box_around_the_points_linked_by_parent_id() -> None:
+    regions = instance_regions(
+        ["snout", "tailbase"], np.array([[100, 100], [300, 200]]), np.array([0.8, 0.6]), 400, 400, BOXED, "mouse"
+    )
+    box_region, *points = regions
+    assert box_region["type"] == "rectanglelabels" and box_region["from_name"] == "box"
+    assert box_region["value"]["rectanglelabels"] == ["mouse"]
+    # points at x 25..75 %, y 25..50 %; grown by 10 % of that extent on each side
+    v = box_region["value"]
+    np.testing.assert_allclose([v["x"], v["y"], v["width"], v["height"]], [20, 22.5, 60, 30])
+    assert box_region["score"] == pytest.approx(0.7)
+    assert [p["parentID"] for p in points] == [box_region["id"]] * 2
+    assert [p["value"]["keypointlabels"] for p in points] == [["snout"], ["tailbase"]]
+    assert instance_regions(["snout"], np.array([[1, 1]]), np.array([0.01]), 10, 10, BOXED, "mouse", min_score=0.5) == []

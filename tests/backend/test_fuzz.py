@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import label_config
 from backend.app import create_app
-from backend.convert import AnnotationFormatError, points_to_regions, regions_to_points
+from backend.convert import AnnotationFormatError, points_to_regions, regions_to_instances, regions_to_points
 from backend.label_config import KeypointControl
 from backend.settings import Settings
 from backend.support import SupportRef
@@ -48,6 +48,34 @@ def test_regions_to_points_only_keeps_valid_points(result: object) -> None:
     assert len(pts.names) == len(set(pts.names)) == len(pts.xy_percent)
     assert set(pts.names) <= set(CONTROL.labels)
     assert np.isfinite(pts.xy_percent).all() and ((pts.xy_percent >= 0) & (pts.xy_percent <= 100)).all()
+
+
+BOXED = KeypointControl("kp", "image", "image", ("snout", "leftear", "rightear", "tailbase"), "box", ("mouse",))
+boxed_regions = st.one_of(
+    regions.map(lambda r: r if "parentID" in r else {**r, "parentID": "b1"}),
+    regions,
+    st.fixed_dictionaries(
+        {
+            "from_name": st.sampled_from(["box", "kp"]),
+            "type": st.sampled_from(["rectanglelabels", "x"]),
+            "id": st.sampled_from(["b1", "b2", 3]),
+        },
+        optional={"value": st.fixed_dictionaries({}, optional={"rectanglelabels": json_values}) | json_values},
+    ),
+)
+
+
+@given(st.lists(boxed_regions, max_size=12) | json_values)
+def test_regions_to_instances_never_crashes_and_each_individual_is_valid(result: object) -> None:
+    try:
+        instances, skipped = regions_to_instances(result, BOXED)
+    except AnnotationFormatError:
+        return
+    assert all(isinstance(s, str) for s in skipped)
+    for pts in instances:
+        assert 1 <= len(pts.names) == len(set(pts.names)) == len(pts.xy_percent)
+        assert set(pts.names) <= set(BOXED.labels) and isinstance(pts.box_label, str)
+        assert np.isfinite(pts.xy_percent).all() and ((pts.xy_percent >= 0) & (pts.xy_percent <= 100)).all()
 
 
 @given(

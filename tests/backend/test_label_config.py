@@ -47,3 +47,16 @@ def test_several_controls_in_document_order() -> None:
 def test_bad_configs_say_what_is_wrong(xml: str, message: str) -> None:
     with pytest.raises(LabelConfigError, match=message.replace("$", r"\$")):
         parse_keypoint_controls(xml)
+
+
+def test_a_rectangle_control_on_the_same_image_makes_instances() -> None:
+    [control] = parse_keypoint_controls(label_config.read("mouse_topview_4_instances"))
+    assert (control.box_from_name, control.box_labels) == ("box", ("mouse",))
+    assert control.labels == ("snout", "leftear", "rightear", "tailbase")
+    [plain] = parse_keypoint_controls(label_config.read("mouse_topview_4"))
+    assert (plain.box_from_name, plain.box_labels) == ("", ())
+    xml = """<View><Image name="a" value="$img"/><Image name="b" value="$other"/>
+    <RectangleLabels name="r" toName="b"><Label value="cat"/></RectangleLabels>
+    <KeyPointLabels name="k" toName="a"><Label value="x"/></KeyPointLabels></View>"""
+    [control] = parse_keypoint_controls(xml)
+    assert control.box_from_name == ""  # a box control on another image does not group these keypoints

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from backend.label_config import KeypointControl
-from backend.support import SupportCache, SupportRef, select_support
+from backend.support import SupportCache, SupportRef, select_support, select_supports
 from kp_model.build import PredictorConfig, build_predictor
 from kp_model.images import ImageLoadError
 
@@ -153,3 +153,37 @@ def test_an_unusable_support_is_left_out(blob_image) -> None:
     assert cached.refs == (good,)
     with pytest.raises(ImageLoadError):
         cache.get(2, CONTROL, [bad], load, lambda: build_predictor(PredictorConfig()), "e")
+
+
+def test_every_individual_of_the_newest_annotation_is_a_support(caplog) -> None:
+    boxed = KeypointControl("kp", "image", "image", ("a", "b", "c"), "box", ("mouse",))
+
+    def kp(label: str, x: float, parent: str) -> dict:
+        value = {"x": x, "y": 20.0, "keypointlabels": [label]}
+        return {"id": f"{label}{parent}", "from_name": "kp", "type": "keypointlabels", "value": value, "parentID": parent}
+
+    boxes = [
+        {
+            "id": p,
+            "from_name": "box",
+            "type": "rectanglelabels",
+            "value": {"x": 0, "y": 0, "width": 50, "height": 50, "rectanglelabels": ["mouse"]},
+        }
+        for p in ("m1", "m2")
+    ]
+    newest = {
+        "id": 7,
+        "updated_at": "2026-01-02T00:00:00Z",
+        "result": [*boxes, kp("a", 10, "m1"), kp("b", 12, "m1"), kp("a", 60, "m2"), kp("c", 5, "nobox")],
+    }
+    older = {"id": 6, "updated_at": "2026-01-01T00:00:00Z", "result": [kp("a", 1, "m1")]}
+    tasks = [{"id": 3, "data": {"image": "img.png"}, "annotations": [older, newest]}]
+    with caplog.at_level("WARNING"):
+        refs = select_supports(tasks, boxed)
+    assert [(r.annotation_id, r.instance, r.names, r.box_label) for r in refs] == [
+        (7, 0, ("a", "b"), "mouse"),
+        (7, 1, ("a",), "mouse"),
+    ]
+    assert refs[0].xy_percent == ((10.0, 20.0), (12.0, 20.0)) and refs[1].xy_percent == ((60.0, 20.0),)
+    assert len({r.key for r in refs}) == 2  # each its own cache key and model version part
+    assert "'nobox' names no box" in caplog.text and "task 3" in caplog.text  # the orphan keypoint is reported

@@ -78,3 +78,25 @@ def test_speed_and_loop_figures_from_report_shapes(tmp_path: Path) -> None:
     point = {"k": 1, "served_pck@0.2": 0.5, "candidate_pck@0.2": 0.4, "default_engine_pck@0.2": 0.5, "retrain_seconds": 10.0}
     plot_loop({"points": [point, {**point, "k": 2}], "folder": "f", "machine": {"cpus": 2}}, tmp_path / "l.png")
     assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_instances_report_and_overlays(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "instances.json"
+    args = ["bench", "instances", "--data", str(shared_data), "--folders", "mmpose__mhp_person", "mmpose__panoptic_hand"]
+    assert main([*args, "--composite-images", "4", "--max-supports", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    folders = {
+        "mmpose__mhp_person",
+        "mmpose__panoptic_hand",
+        "composite_even__dlc__openfield_mouse",
+        "composite_odd__dlc__openfield_mouse",
+    }
+    assert set(report["folders"]) == folders
+    assert report["halves"]["A"] and report["halves"]["B"] and set(report["count_rule"]["tuned_on"]) == set(report["halves"]["A"])
+    for tag in ("A", "B", "all"):
+        for variant in ("single", "estimated", "oracle"):
+            s = report["summary"][tag][variant]
+            assert set(s) >= {"pck@0.2", "pck@0.2_per_true", "count_accuracy", "precision", "recall", "mean_oks", "images"}
+    assert report["summary"]["all"]["oracle"]["count_accuracy"] <= 1
+    assert all(p["estimated"] >= 1 for p in report["pairs"])
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
