@@ -8,7 +8,8 @@ Label Studio 1.23 calls (facts in ../shared/docs/label-studio-protocol.md, each 
 - ``POST /webhook`` ``{"action", "annotation", "task", "project"}``, "Start training" being ``START_TRAINING``;
 - ``GET /versions``.
 kpassist's own: ``GET /kpassist/projects/<id>/jobs`` (training jobs and versions), ``.../warnings`` (label checks),
-``POST|GET|DELETE .../prelabel`` (start, follow, cancel whole-project pre-labelling on the RQ workers).
+``POST|GET|DELETE .../prelabel`` (start, follow, cancel whole-project pre-labelling on the RQ workers), ``.../quality``
+(live quality per model version from the corrections, and rollbacks).
 """
 
 from __future__ import annotations
@@ -227,6 +228,26 @@ def create_app(
                 "events": events.count(),
                 "changes_since_last_run": events.since_last_run(),
                 "enqueue_pending": bool(events.state().get("enqueue_pending")),
+                "quality": service.quality(project).summary(settings.quality_window),
+            }
+        )
+
+    @app.get("/kpassist/projects/<int:project>/quality")
+    def project_quality(project: int):
+        """Live quality per model version from the annotators' corrections (backend.quality), over the ``?last=N``
+        newest corrected tasks (default KPASSIST_QUALITY_WINDOW), and the rollbacks it caused."""
+        last = request.args.get("last", str(settings.quality_window))
+        if not last.isdigit() or not 1 <= int(last) <= 100_000:
+            raise RequestError("last must be an integer from 1 to 100000")
+        store = project_store(settings.data_dir, project)
+        rollbacks = [{"version": r["version"], **r["rolled_back"]} for r in store.records() if r.get("rolled_back")]
+        return jsonify(
+            {
+                "project": project,
+                "serving": service.engine(project)[0],
+                "last": int(last),
+                "versions": service.quality(project).summary(int(last)),
+                "rollbacks": rollbacks,
             }
         )
 

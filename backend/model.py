@@ -7,7 +7,9 @@ import logging
 
 from backend.events import TRAIN_EVENTS
 from backend.label_config import parse_keypoint_controls
+from backend.quality import QualityError
 from backend.service import PredictionService
+from kp_model.training.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class KeypointModel:
         task_id = task.get("id") if isinstance(task.get("id"), int) else None
         if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") and annotation and task:
             self.service.label_checks.submit(project, task, annotation, self.controls, self.connection)
+            try:
+                self.service.record_correction(project, task, annotation, self.controls)
+            except (QualityError, StoreError) as exc:  # live quality must not lose the webhook: logged
+                log.error("project %s: live quality of annotation %s not recorded: %s", project, ann_id, exc)
         if self.service.training is None:
             return {"status": "recorded", "event": event, "project": project, "detail": "no training queue configured"}
         ls_url = self.connection.client.url if self.connection.client is not None else ""

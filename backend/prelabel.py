@@ -284,6 +284,7 @@ def prelabel_chunk(project: int, run: str, task_ids: list[int], data_dir: str, l
             else:
                 tick = time.perf_counter()
                 conn.client.create_prediction(task["id"], pred["result"], pred["score"], version)
+                service.remember_predictions(project, [(task["id"], version, pred["result"])])
                 seconds["store"] = seconds.get("store", 0.0) + time.perf_counter() - tick
                 outcome = "written"
                 _fault_once(data_dir)

@@ -22,6 +22,7 @@ from backend.fetch import ImageFetcher
 from backend.label_check import LabelChecker
 from backend.label_config import KeypointControl
 from backend.ls_client import LabelStudioClient, LabelStudioError
+from backend.quality import QualityError, QualityLog, RollbackRule, finetuned_name, rollback_if_worse
 from backend.settings import Settings
 from backend.support import SupportCache, SupportRef, select_supports
 from kp_model.build import ModelCache, PredictorConfig, build_predictor
@@ -100,7 +101,7 @@ class PredictionService:
         if served is None or project is None:
             return self.engine_version, lambda: build_predictor(self.predictor_cfg)
         cfg = project_store(self.settings.data_dir, project).predictor_config(self.predictor_cfg, served)
-        return f"kptllm-p{project}-{served}", lambda: build_predictor(cfg, self.models)
+        return finetuned_name(project, served), lambda: build_predictor(cfg, self.models)
 
     def served_predictor(self, project: int) -> Predictor | None:
         """A new predictor of the project's served fine-tuned version, or None while the default engine is served."""
@@ -140,6 +141,31 @@ class PredictionService:
             if all(len(refs) >= cap for refs in found):
                 break
         return found
+
+    def quality(self, project: int) -> QualityLog:
+        return QualityLog(self.settings.data_dir, project)
+
+    def remember_predictions(self, project: int | None, items: list[tuple[object, str, list]]) -> None:
+        """Keep (task id, model version, regions) of predictions handed to Label Studio, for live quality; a failure
+        to write is logged, never raised (the predictions were already answered)."""
+        if project is None:
+            return
+        try:
+            self.quality(project).record_predictions((t, v, r) for t, v, r in items if isinstance(t, int))
+        except QualityError as exc:
+            log.warning("project %s: predictions not remembered for live quality: %s", project, exc)
+
+    def record_correction(self, project: int, task: dict, annotation: dict, controls: list[KeypointControl]) -> dict | None:
+        """Live quality: compare a submitted annotation with what its task was shown (backend.quality), then roll
+        the served fine-tuned version back to the previous one when its live acceptance fell clearly below it
+        (logged, and noted in the version's record). Returns the comparison row (None: nothing to compare)."""
+        quality = self.quality(project)
+        row = quality.record_annotation(annotation, task, controls)
+        if row is not None and self.served_version(project) is not None:
+            rule = RollbackRule(self.settings.rollback_min_tasks, self.settings.rollback_margin)
+            store = project_store(self.settings.data_dir, project)
+            rollback_if_worse(quality, store, self.engine_version, rule, self.settings.quality_window)
+        return row
 
     def index(self, project: int) -> AnnotationIndex:
         return AnnotationIndex(self.settings.data_dir, project)
@@ -255,6 +281,8 @@ class PredictionService:
                 placed = placed_points(context, controls)
                 results = list(pool.map(lambda task: self._predict_task(task, supports, conn, placed), tasks))
         log.info("project %s: %d tasks predicted in %.2fs", project, len(tasks), time.perf_counter() - t0)
+        items = [(t.get("id"), version, r["result"]) for t, r in zip(tasks, results, strict=True) if r and isinstance(t, dict)]
+        self.remember_predictions(project, items)
         return results, version
 
     def _predict_task(self, task: dict, supports: list, conn: Connection, placed: dict | None = None) -> dict | list:

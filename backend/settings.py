@@ -26,6 +26,9 @@ class Settings:
     max_image_pixels: int = 64_000_000  # KPASSIST_MAX_IMAGE_PIXELS: bigger images are refused (decompression bombs)
     max_image_bytes: int = 50_000_000  # KPASSIST_MAX_IMAGE_BYTES: bigger downloads are refused
     max_batch: int = 1000  # KPASSIST_MAX_BATCH: most tasks accepted in one /predict
+    quality_window: int = 200  # KPASSIST_QUALITY_WINDOW: live quality over this many newest corrected tasks
+    rollback_min_tasks: int = 8  # KPASSIST_ROLLBACK_MIN_TASKS: corrected tasks per version before live quality can roll back
+    rollback_margin: float = 0.15  # KPASSIST_ROLLBACK_MARGIN: acceptance@0.1 drop vs the previous version that rolls back
     max_instances: int = 10  # KPASSIST_MAX_INSTANCES: most individuals predicted per image (configs with boxes)
     predict_threads: int = 2  # KPASSIST_PREDICT_THREADS: tasks of one /predict handled in parallel (1.5x on 2 cores)
     redis_url: str = "redis://127.0.0.1:6379/0"  # REDIS_URL: the RQ queue's Redis
@@ -48,7 +51,15 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
             raise SettingsError(f"score_threshold (KPASSIST_SCORE_THRESHOLD) must be in [0, 1], got {self.score_threshold}")
-        positive = ("max_image_pixels", "max_image_bytes", "max_batch", "predict_threads", "max_instances")
+        positive = (
+            "max_image_pixels",
+            "max_image_bytes",
+            "max_batch",
+            "predict_threads",
+            "max_instances",
+            "quality_window",
+            "rollback_min_tasks",
+        )
         for name in (
             *positive,
             "train_threshold",
@@ -73,6 +84,8 @@ class Settings:
             raise SettingsError("set both KPASSIST_BASIC_AUTH_USER and KPASSIST_BASIC_AUTH_PASSWORD, or neither")
         if self.promote not in ("not_worse", "always"):
             raise SettingsError(f"promote (KPASSIST_PROMOTE) must be 'not_worse' or 'always', got {self.promote!r}")
+        if not 0.0 <= self.rollback_margin <= 1.0:
+            raise SettingsError(f"rollback_margin (KPASSIST_ROLLBACK_MARGIN) must be in [0, 1], got {self.rollback_margin}")
         if not self.queue_name:
             raise SettingsError("queue_name (KPASSIST_QUEUE) must not be empty")
 
@@ -104,6 +117,9 @@ class Settings:
             "max_batch": "KPASSIST_MAX_BATCH",
             "predict_threads": "KPASSIST_PREDICT_THREADS",
             "max_instances": "KPASSIST_MAX_INSTANCES",
+            "quality_window": "KPASSIST_QUALITY_WINDOW",
+            "rollback_min_tasks": "KPASSIST_ROLLBACK_MIN_TASKS",
+            "rollback_margin": "KPASSIST_ROLLBACK_MARGIN",
             "redis_url": "REDIS_URL",
             "queue_name": "KPASSIST_QUEUE",
             "train_threshold": "KPASSIST_TRAIN_THRESHOLD",

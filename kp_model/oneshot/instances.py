@@ -26,8 +26,9 @@ from kp_model.predictor import KeypointPrediction
 class InstanceConfig(JsonConfig):
     max_instances: int = 10  # cap on the individuals returned per image (cost and clutter bound)
     peaks_per_map: int = 4  # local maxima taken from each (scale, rotation) vote map as candidates
-    min_ratio: float = 0.4  # another candidate is an individual when its evidence is at least this x the best peak's
-    min_evidence: float = 0.2  # ... and at least this (0: nothing matched; about 3.9 a perfect match)
+    # the count rule, chosen on half A of `kpassist bench instances` (grid of ratio x floor, best count accuracy):
+    min_ratio: float = 0.2  # another candidate is an individual when its evidence is at least this x the best peak's
+    min_evidence: float = 0.8  # ... and at least this (0: nothing matched; about 3.9 a perfect match)
     nms_iou: float = 0.3  # two candidates whose keypoint boxes overlap more than this are the same individual ...
     nms_centre: float = 0.5  # ... and so are two whose centres are closer than this x the larger one's box diagonal
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 from kp_model.build import PredictorConfig
@@ -94,6 +95,17 @@ class ModelStore:
         if not (self.checkpoint_dir(version) / "config.json").is_file():
             raise StoreError(f"cannot serve {version}: its checkpoint {self.checkpoint_dir(version)} is incomplete or missing")
         write_json_atomic(self.root / "served.json", {"version": version})
+
+    def serve_previous(self, version: str, previous: str | None, reason: str) -> None:
+        """Roll ``version`` back: serve ``previous`` (None: the default engine) and note why in ``version``'s record
+        (``rolled_back``: to, reason, time)."""
+        record = self.record(version)
+        record["rolled_back"] = {"to": previous, "reason": reason, "at": time.time()}
+        self.write_record(version, record)
+        if previous is None:
+            (self.root / "served.json").unlink(missing_ok=True)
+        else:
+            self.promote(previous)
 
     def split(self) -> dict[str, str]:
         path = self.root / "split.json"

@@ -260,3 +260,23 @@ def test_a_config_with_boxes_gets_individuals_as_boxes_with_linked_keypoints(mak
             assert v["x"] <= p["value"]["x"] <= v["x"] + v["width"] and v["y"] <= p["value"]["y"] <= v["y"] + v["height"]
         assert 0 <= b["score"] <= 1
     assert prediction["score"] == pytest.approx(float(np.mean([b["score"] for b in boxes])), abs=1e-3)
+
+
+def test_a_submitted_annotation_is_compared_with_the_prediction_its_task_showed(make_client, images, support_ref) -> None:
+    _, client = make_client(support_ref)
+    client.post("/setup", json={"project": "2.1", "schema": CONFIG})
+    task = {"id": 10, "data": {"image": images["query"]}}
+    body = client.post("/predict", json={"tasks": [task], "project": "2.1", "label_config": CONFIG}).json
+    shown = body["results"][0]["result"]
+    # the annotator accepts every point but moves the first far away
+    final = [dict(r) for r in shown]
+    final[0] = {**final[0], "value": {**final[0]["value"], "x": (final[0]["value"]["x"] + 50) % 100}}
+    webhook = {"action": "ANNOTATION_CREATED", "project": {"id": 2}, "annotation": {"id": 5, "result": final}, "task": {"id": 10}}
+    assert client.post("/webhook", json=webhook).status_code == 200
+    quality = client.get("/kpassist/projects/2/quality").json
+    [(engine, row)] = quality["versions"].items()
+    assert body["model_version"].startswith(engine) and "+support" not in engine
+    assert row["tasks"] == 1 and row["points"] == len(shown)
+    assert row["acceptance@0.1"] == pytest.approx((len(shown) - 1) / len(shown))
+    assert quality["rollbacks"] == [] and client.get("/kpassist/projects/2/jobs").json["quality"] == quality["versions"]
+    assert client.get("/kpassist/projects/2/quality?last=0").status_code == 400
