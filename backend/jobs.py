@@ -33,6 +33,7 @@ from kp_model.kptllm.configuration import KptLLMConfig, tiny_config
 from kp_model.training.data import TrainSample
 from kp_model.training.finetune import FinetuneSettings, run_finetune
 from kp_model.training.loop import TrainConfig
+from kp_model.training.promotion import PromotionRule
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,14 @@ def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
         record = run_finetune(
             samples,
             project_store(data_dir, project),
-            FinetuneSettings(model_cfg, train_cfg, service.predictor_cfg, salt=str(project), promote=settings.promote),
+            FinetuneSettings(
+                model_cfg,
+                train_cfg,
+                service.predictor_cfg,
+                salt=str(project),
+                promote=settings.promote,
+                rule=PromotionRule(settings.promote_min_images, settings.promote_margin),
+            ),
             progress=progress,
             stage=stage,
             info={"project": project, "job_id": job.id if job else None, "queued_events_seen": seen},

@@ -37,7 +37,9 @@ class Settings:
     train_steps: int = 300  # KPASSIST_TRAIN_STEPS: optimiser steps of one fine-tuning run
     train_config: str = ""  # KPASSIST_TRAIN_CONFIG: JSON file {"model": KptLLMConfig, "train": TrainConfig} for new models
     job_timeout: int = 3600  # KPASSIST_JOB_TIMEOUT: seconds before RQ stops a training job
-    promote: str = "not_worse"  # KPASSIST_PROMOTE: "not_worse" (held-out PCK vs the served model) or "always"
+    promote: str = "evidence"  # KPASSIST_PROMOTE: "evidence" (kp_model.training.promotion) or "always"
+    promote_min_images: int = 3  # KPASSIST_PROMOTE_MIN_IMAGES: evidence images a candidate needs before it can be served
+    promote_margin: float = 0.02  # KPASSIST_PROMOTE_MARGIN: mean per-image PCK@0.2 gain over the served model required
     lock_ttl: int = 30  # KPASSIST_LOCK_TTL: seconds a dead worker's project lock outlives it (renewed while alive)
     train_threads: int = 1  # KPASSIST_TRAIN_THREADS: torch/OpenCV threads of a training job (the rest serve /predict)
     max_loaded_models: int = 8  # KPASSIST_MAX_LOADED_MODELS: fine-tuned models kept loaded (least recently used dropped)
@@ -59,6 +61,7 @@ class Settings:
             "max_instances",
             "quality_window",
             "rollback_min_tasks",
+            "promote_min_images",
         )
         for name in (
             *positive,
@@ -82,8 +85,10 @@ class Settings:
             raise SettingsError(f"local_root (KPASSIST_LOCAL_ROOT) {self.local_root!r} is not a directory")
         if bool(self.basic_auth_user) != bool(self.basic_auth_password):
             raise SettingsError("set both KPASSIST_BASIC_AUTH_USER and KPASSIST_BASIC_AUTH_PASSWORD, or neither")
-        if self.promote not in ("not_worse", "always"):
-            raise SettingsError(f"promote (KPASSIST_PROMOTE) must be 'not_worse' or 'always', got {self.promote!r}")
+        if self.promote not in ("evidence", "always"):
+            raise SettingsError(f"promote (KPASSIST_PROMOTE) must be 'evidence' or 'always', got {self.promote!r}")
+        if not 0.0 <= self.promote_margin <= 1.0:
+            raise SettingsError(f"promote_margin (KPASSIST_PROMOTE_MARGIN) must be in [0, 1], got {self.promote_margin}")
         if not 0.0 <= self.rollback_margin <= 1.0:
             raise SettingsError(f"rollback_margin (KPASSIST_ROLLBACK_MARGIN) must be in [0, 1], got {self.rollback_margin}")
         if not self.queue_name:
@@ -128,6 +133,8 @@ class Settings:
             "job_timeout": "KPASSIST_JOB_TIMEOUT",
             "lock_ttl": "KPASSIST_LOCK_TTL",
             "promote": "KPASSIST_PROMOTE",
+            "promote_min_images": "KPASSIST_PROMOTE_MIN_IMAGES",
+            "promote_margin": "KPASSIST_PROMOTE_MARGIN",
             "train_threads": "KPASSIST_TRAIN_THREADS",
             "max_loaded_models": "KPASSIST_MAX_LOADED_MODELS",
             "max_supports": "KPASSIST_MAX_SUPPORTS",

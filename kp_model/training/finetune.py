@@ -1,29 +1,32 @@
 """One fine-tuning run of a project's model: fixed held-out split, warm start from the newest version, train,
-save a new version atomically, evaluate it against the served model on the held-out samples (PCK@0.2) and
-promote it only if it is not worse. Used by the RQ job (backend.jobs) and by the retraining benchmark."""
+save a new version atomically, gather paired evidence against the served model (held-out images, and the images
+corrected since the previous run: kp_model.training.promotion) and promote it only when the evidence says it is
+better. Used by the RQ job (backend.jobs) and by the retraining benchmark."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from kp_model.build import PredictorConfig, build_predictor
-from kp_model.evaluation.metrics import summarise, support_errors
 from kp_model.kptllm.checkpoint import build_model, load_checkpoint, save_checkpoint
 from kp_model.kptllm.configuration import KptLLMConfig
 from kp_model.kptllm.semantics import semantic_text
 from kp_model.predictor import Predictor
 from kp_model.training.data import TrainingError, TrainSample
 from kp_model.training.loop import TrainConfig, train
+from kp_model.training.promotion import Paired, PromotionRule, decide, evidence_rows, nearest_support_pck
 from kp_model.training.store import ModelStore
 
 log = logging.getLogger(__name__)
 
 HELDOUT_FRACTION = 0.2
+PROMOTE_POLICIES = ("evidence", "always")
 
 
 def assign_split(groups: list[str], split: dict[str, str], salt: str = "", fraction: float = HELDOUT_FRACTION) -> dict[str, str]:
@@ -46,35 +49,18 @@ def assign_split(groups: list[str], split: dict[str, str], salt: str = "", fract
     return out
 
 
-def heldout_scores(predictor: Predictor, support: TrainSample, queries: list[TrainSample]) -> dict[str, float]:
-    """PCK@0.2 ("pck") and mean normalised error ("error") of ``predictor`` over ``queries`` with ``support`` as the
-    prompt, as kp_model.evaluation.metrics defines them (NaN without a counted keypoint)."""
-    summary = summarise(support_errors(predictor, support, queries))
-    return {"pck": summary["pck@0.2"], "error": summary["mean_error"]}
-
-
-def not_worse(candidate: dict[str, float], served: dict[str, float]) -> bool:
-    """Held-out PCK@0.2 at least the served model's; on a tie (small held-out sets tie often) the mean normalised
-    error decides. A NaN on either side (nothing counted) is never evidence for the candidate."""
-    values = (candidate["pck"], served["pck"], candidate["error"], served["error"])
-    if any(math.isnan(v) for v in values):
-        return False
-    if candidate["pck"] != served["pck"]:
-        return candidate["pck"] > served["pck"]
-    return candidate["error"] <= served["error"]
-
-
 @dataclass
 class FinetuneSettings:
     model: KptLLMConfig  # configuration of a new model (no version trained yet)
     train: TrainConfig  # optimiser steps etc.
     default: PredictorConfig = field(default_factory=PredictorConfig)  # the engine served while no version is promoted
     salt: str = ""  # held-out split salt (the project id)
-    promote: str = "not_worse"  # "not_worse": promote when held-out PCK >= the served model's; "always": newest wins
+    promote: str = "evidence"  # "evidence": kp_model.training.promotion.decide; "always": the newest version is served
+    rule: PromotionRule = field(default_factory=PromotionRule)  # how much evidence, what margin
 
     def __post_init__(self) -> None:
-        if self.promote not in ("not_worse", "always"):
-            raise ValueError(f"promote must be 'not_worse' or 'always', got {self.promote!r}")
+        if self.promote not in PROMOTE_POLICIES:
+            raise ValueError(f"promote must be one of {PROMOTE_POLICIES}, got {self.promote!r}")
 
 
 def run_finetune(
@@ -87,8 +73,8 @@ def run_finetune(
 ) -> dict:
     """Train, save, evaluate and maybe promote; returns the version record (also written to the store).
 
-    samples: chronological (the last is the most recent and becomes the evaluation support); ``key`` identifies
-    the annotation and ``group`` (before the "/" of key) the image it belongs to, the unit of the held-out split.
+    samples: chronological; ``key`` identifies the annotation and ``group`` (before the "/" of key) the image it
+    belongs to, the unit of the held-out split. Evidence images are predicted from their nearest training image.
     stage(name): called at "train", "checkpoint" (files written, not yet renamed), "record", "promote".
     """
     t_start = time.time()
@@ -103,6 +89,7 @@ def run_finetune(
         raise TrainingError(f"all {len(samples)} annotations are held out: annotate more images")
     served = store.served()
     base = store.latest()  # warm start from the newest run, promoted or not: runs only ever saw "train" images
+    trained_before = set(store.record(base).get("annotation_ids") or []) if base is not None else set()
     if base is not None:
         model = load_checkpoint(store.checkpoint_dir(base))
     else:
@@ -115,35 +102,39 @@ def run_finetune(
     meta = {"version": version, "trained_on": [s.key for s in train_set], "base": base}
     save_checkpoint(model, store.checkpoint_dir(version), meta, before_rename=lambda tmp: stage("checkpoint"))
     stage("record")
-    support = train_set[-1]
-    nan = {"pck": float("nan"), "error": float("nan")}
-    if held_set:
-        candidate = heldout_scores(build_predictor(store.predictor_config(settings.default, version)), support, held_set)
-        now = heldout_scores(build_predictor(store.predictor_config(settings.default)), support, held_set)
-        promote = not_worse(candidate, now) or settings.promote == "always"
-        reason = (
-            f"held-out PCK@0.2 {candidate['pck']:.3f} (error {candidate['error']:.3f}) vs served {now['pck']:.3f} "
-            f"(error {now['error']:.3f}, {served or 'default engine'})"
-        )
-    else:
-        candidate = now = nan
-        promote = settings.promote == "always"
-        reason = "no held-out annotation yet (needs 3 or more annotated images)"
+
+    def engine(v: str | None) -> Callable[[], Predictor]:
+        return lambda: build_predictor(store.predictor_config(settings.default, v))
+
+    evidence = []
+    if held_set:  # the candidate itself, on images nobody trained on
+        cand = nearest_support_pck(engine(version), train_set, held_set)
+        now = nearest_support_pck(engine(served), train_set, held_set)
+        evidence += [Paired(s.key, "heldout", c, n) for s, c, n in zip(held_set, cand, now, strict=True)]
+    fresh = [s for s in train_set if s.key not in trained_before]
+    earlier = [s for s in train_set if s.key in trained_before]
+    if base is not None and base != served and fresh and earlier:  # the candidate's base, on the newest corrections
+        old = nearest_support_pck(engine(base), earlier, fresh)
+        now = nearest_support_pck(engine(served), earlier, fresh)
+        evidence += [Paired(s.key, "prequential", o, n) for s, o, n in zip(fresh, old, now, strict=True)]
+    promote, reason = decide(evidence, settings.rule)
+    reason += f" (served: {served or 'default engine'})"
     if settings.promote == "always":
+        promote = True
         reason += "; promote policy 'always'"
+    held_rows = [p for p in evidence if p.source == "heldout" and p.valid]
     record = {
         **(info or {}),
         "decision": "promote" if promote else "reject",
         "reason": reason,
-        "metrics": {
-            "pck@0.2": candidate["pck"],
-            "mean_error": candidate["error"],
-            "served_pck@0.2": now["pck"],
-            "served_mean_error": now["error"],
+        "metrics": {  # mean per-image PCK@0.2 on the held-out images (NaN: none scored)
+            "pck@0.2": float(np.mean([p.candidate for p in held_rows])) if held_rows else float("nan"),
+            "served_pck@0.2": float(np.mean([p.served for p in held_rows])) if held_rows else float("nan"),
             "served_version": served,
             "heldout_images": len({s.key.split("/")[0] for s in held_set}),
             "final_loss": result.final.get("loss"),
         },
+        "evidence": evidence_rows(evidence),
         "annotation_ids": [s.key for s in train_set],
         "heldout_annotation_ids": [s.key for s in held_set],
         "base_version": base,

@@ -25,7 +25,7 @@ from backend.service import project_store
 from backend.settings import Settings
 from bench.devservers import REPO, LabelStudioAPI, label_studio
 from kp_model.kptllm.checkpoint import load_checkpoint
-from kp_model.training.finetune import not_worse
+from kp_model.training.promotion import Paired, PromotionRule, decide
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.redis]
 
@@ -126,18 +126,17 @@ def test_enqueue_train_promote_and_serve_without_restart(project, loop) -> None:
     assert "training" in done.stderr + done.stdout  # progress is logged
 
 
-def test_not_worse_rule_decides_promotion(project, loop) -> None:
+def test_the_evidence_rule_decides_promotion(project, loop) -> None:
     loop["webhook"]()
     assert loop["worker"]().returncode == 0
     loop["webhook"]()
-    assert loop["worker"](KPASSIST_PROMOTE="not_worse").returncode == 0
+    assert loop["worker"](KPASSIST_PROMOTE="evidence").returncode == 0
     records = jobs_of(loop, project["pid"])["versions"]
     second = records[1]
     m = second["metrics"]
     assert second["base_version"] == "v0001" and m["served_version"] == "v0001"
-    expected = not_worse(
-        {"pck": m["pck@0.2"], "error": m["mean_error"]}, {"pck": m["served_pck@0.2"], "error": m["served_mean_error"]}
-    )
+    assert second["evidence"] and {r["source"] for r in second["evidence"]} <= {"heldout", "prequential"}
+    expected, _ = decide([Paired(**r) for r in second["evidence"]], PromotionRule())
     assert (second["decision"] == "promote") == expected
     assert loop["store"].served() == ("v0002" if second["decision"] == "promote" else "v0001")
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from kp_model.build import PredictorConfig
-from kp_model.training.finetune import FinetuneSettings, assign_split, not_worse, run_finetune
+from kp_model.training.finetune import FinetuneSettings, assign_split, run_finetune
 from kp_model.training.loop import TrainConfig
+from kp_model.training.promotion import Paired, PromotionRule, decide
 from kp_model.training.store import ModelStore, StoreError
 
 
@@ -39,31 +40,6 @@ def test_store_versions_are_atomic_and_promotion_needs_a_checkpoint(tmp_path: Pa
         store.served()
 
 
-NAN = float("nan")
-
-
-@pytest.mark.parametrize(
-    "candidate, served, expected",
-    [
-        ((0.80, 0.20), (0.70, 0.10), True),  # better PCK wins whatever the error
-        ((0.60, 0.05), (0.70, 0.30), False),  # worse PCK loses whatever the error
-        ((0.70, 0.10), (0.70, 0.12), True),  # tie on PCK: lower error decides
-        ((0.70, 0.12), (0.70, 0.10), False),
-        ((0.70, 0.10), (0.70, 0.10), True),  # an exact tie keeps the newest ("not worse")
-        ((NAN, NAN), (0.70, 0.10), False),  # nothing counted for the candidate: no evidence
-        ((0.70, 0.10), (NAN, NAN), False),  # nothing counted for the served model: no evidence either
-        ((0.70, NAN), (0.70, 0.10), False),
-        # issue 12's regression: ONE held-out image where both scored PCK 0.0 and the error broke the tie, although the
-        # candidate was much worse everywhere else. This rule still promotes it: issue 12 replaces it with a rule on
-        # enough evidence; this case pins today's behaviour so that change is visible.
-        ((0.0, 0.547), (0.0, 1.895), True),
-    ],
-)
-def test_not_worse_fixed_cases(candidate: tuple, served: tuple, expected: bool) -> None:
-    keys = ("pck", "error")
-    assert not_worse(dict(zip(keys, candidate, strict=True)), dict(zip(keys, served, strict=True))) is expected
-
-
 def test_run_trains_saves_evaluates_and_records(tmp_path: Path, blob_samples, small_config) -> None:
     store = ModelStore(tmp_path)
     stages = []
@@ -77,18 +53,26 @@ def test_run_trains_saves_evaluates_and_records(tmp_path: Path, blob_samples, sm
     for key in ("pck@0.2", "served_pck@0.2"):
         assert 0.0 <= m[key] <= 1.0
     assert m["served_version"] is None and m["heldout_images"] == 1
-    assert record["decision"] in ("promote", "reject")
-    assert store.served() == ("v0001" if record["decision"] == "promote" else None)
+    [row] = record["evidence"]  # the held-out image, scored by the candidate and by the default engine
+    assert row["image"] == "2/102" and row["source"] == "heldout" and row["candidate"] == m["pck@0.2"]
+    assert record["decision"] == "reject" and "not enough evidence" in record["reason"]  # one image is not evidence
+    assert store.served() is None
 
 
-def test_promotion_follows_the_rule_on_the_recorded_scores(tmp_path: Path, blob_samples, small_config) -> None:
-    """Promote exactly when the recorded held-out scores say "not worse", by the fixed cases above."""
+def test_the_newest_corrections_are_prequential_evidence_for_the_line_of_models(
+    tmp_path: Path, blob_samples, small_config
+) -> None:
+    """A second run scores the first (rejected) version and the served default engine on the images corrected since,
+    before training on them: that evidence joins the held-out images'."""
     store = ModelStore(tmp_path)
-    record = run_finetune(blob_samples(4), store, FinetuneSettings(small_config(), TrainConfig(steps=2)))
-    m = record["metrics"]
-    cand, served = (m["pck@0.2"], m["mean_error"]), (m["served_pck@0.2"], m["served_mean_error"])
-    better = cand[0] > served[0] or (cand[0] == served[0] and cand[1] <= served[1])
-    assert (record["decision"] == "promote") is better
+    settings = FinetuneSettings(small_config(), TrainConfig(steps=2), rule=PromotionRule(min_images=1))
+    run_finetune(blob_samples(4), store, FinetuneSettings(small_config(), TrainConfig(steps=2)))
+    record = run_finetune(blob_samples(7), store, settings)
+    sources = [(r["image"], r["source"]) for r in record["evidence"]]
+    fresh = [k for k in record["annotation_ids"] if k not in store.record("v0001")["annotation_ids"]]
+    assert fresh and [(k, "prequential") for k in fresh] == [x for x in sources if x[1] == "prequential"]
+    rows = [Paired(**r) for r in record["evidence"]]
+    assert (record["decision"] == "promote") == decide(rows, PromotionRule(min_images=1))[0]
 
 
 def test_always_policy_promotes_and_a_crash_while_writing_leaves_no_version(tmp_path: Path, blob_samples, small_config):

@@ -1,0 +1,105 @@
+"""When a fine-tuned candidate may be served: only on enough paired evidence that it is better.
+
+Evidence is a list of images, each scored (PCK@0.2, kp_model.evaluation.metrics) by the candidate side and by the
+served model, both predicting from the image's nearest labelled support (as the few-shot service does):
+
+- ``heldout``: the project's fixed held-out images, never trained on, scored by the candidate itself;
+- ``prequential``: the images corrected since the previous run, before anything trained on them, scored by the
+  newest earlier version (the candidate's warm-start base, trained on everything but them). That base is not the
+  candidate, so this is evidence about the line of models the candidate continues, and it only counts when the base
+  is not the served model itself.
+
+Rule (``decide``): at least ``min_images`` images scored by both sides (a NaN is no evidence); the mean per-image gain
+(candidate side minus served) at least ``margin``; more images won than lost; and, where there are held-out images,
+the candidate not behind on them. Otherwise the served model stays: "not enough evidence" is a decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from kp_model.config import JsonConfig
+from kp_model.evaluation.metrics import support_errors
+from kp_model.fewshot import global_descriptor
+from kp_model.predictor import Predictor
+from kp_model.training.data import TrainSample
+
+SOURCES = ("heldout", "prequential")
+
+
+@dataclass(frozen=True)
+class PromotionRule(JsonConfig):
+    min_images: int = 3  # images scored by both sides before anything is promoted (one image decided before: issue 12)
+    margin: float = 0.02  # mean per-image PCK@0.2 gain required: a tie is not evidence
+
+    def __post_init__(self) -> None:
+        if self.min_images < 1:
+            raise ValueError(f"min_images must be >= 1, got {self.min_images}")
+        if not 0 <= self.margin <= 1:
+            raise ValueError(f"margin must be in [0, 1], got {self.margin}")
+
+
+@dataclass(frozen=True)
+class Paired:
+    """One evidence image: its key, where it comes from (SOURCES), PCK@0.2 of the candidate side and of the served."""
+
+    image: str
+    source: str
+    candidate: float
+    served: float
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+
+    @property
+    def valid(self) -> bool:
+        return math.isfinite(self.candidate) and math.isfinite(self.served)
+
+
+def decide(evidence: Sequence[Paired], rule: PromotionRule) -> tuple[bool, str]:
+    """(promote?, reason) by the rule of this module's docstring."""
+    valid = [p for p in evidence if p.valid]
+    n = len(valid)
+    by = {s: sum(p.source == s for p in valid) for s in SOURCES}
+    where = f"{n} image(s) ({by['heldout']} held-out, {by['prequential']} prequential)"
+    if n < rule.min_images:
+        return False, f"not enough evidence: {where} scored by both, {rule.min_images} needed; the served model stays"
+    gains = np.array([p.candidate - p.served for p in valid])
+    wins, losses = int((gains > 0).sum()), int((gains < 0).sum())
+    held = [p.candidate - p.served for p in valid if p.source == "heldout"]
+    summary = f"mean PCK@0.2 gain {gains.mean():+.3f} over {where}, {wins} won / {losses} lost"
+    if gains.mean() < rule.margin:
+        return False, f"{summary}: below the {rule.margin:.2f} margin"
+    if wins <= losses:
+        return False, f"{summary}: not more images won than lost"
+    if held and np.mean(held) < 0:
+        return False, f"{summary}: but behind on the held-out images ({np.mean(held):+.3f})"
+    return True, summary
+
+
+def nearest_support_pck(
+    make_predictor: Callable[[], Predictor], supports: Sequence[TrainSample], queries: Sequence[TrainSample]
+) -> list[float]:
+    """PCK@0.2 of each query predicted from its nearest support by global descriptor (the few-shot service's
+    shortlist of 1); one ``set_support`` per support used. NaN for a query with no counted keypoint."""
+    if not supports:
+        return [float("nan")] * len(queries)
+    descriptors = np.stack([global_descriptor(s.image) for s in supports])
+    nearest = [int(np.argmax(descriptors @ global_descriptor(q.image))) for q in queries]
+    out = [float("nan")] * len(queries)
+    for j in sorted(set(nearest)):
+        idx = [i for i, n in enumerate(nearest) if n == j]
+        errors = support_errors(make_predictor(), supports[j], [queries[i] for i in idx])
+        for i, e in zip(idx, errors, strict=True):
+            out[i] = float(np.mean(e <= 0.2)) if len(e) else float("nan")
+    return out
+
+
+def evidence_rows(evidence: Sequence[Paired]) -> list[dict]:
+    """The evidence as JSON-ready rows for the version record."""
+    return [asdict(p) for p in evidence]
