@@ -190,12 +190,16 @@ def bench_loop(args: argparse.Namespace) -> int:
     from bench.loop import plot_loop, run_loop_bench
 
     limit_threads(args.threads)
-    report = run_loop_bench(Path(args.data), tuple(args.k), args.steps)
-    path = _write(report, args.out)
-    plot_loop(report, path.with_suffix(".png"))
-    for p in report["points"]:
-        served, cand = p["served_pck@0.2"], p["candidate_pck@0.2"]
-        print(f"k={p['k']:>3}  served {served:.3f}  candidate {cand:.3f}  retrain {p['retrain_seconds']:.0f}s")
+    reports = {order: run_loop_bench(Path(args.data), tuple(args.k), args.steps, order=order) for order in args.orders}
+    path = _write({"orders": reports}, args.out)
+    for order, report in reports.items():
+        plot_loop(report, path.with_name(f"{path.stem}-{order}.png"))
+        for p in report["points"]:
+            served, cand, default = p["served_pck@0.2"], p["candidate_pck@0.2"], p["default_engine_pck@0.2"]
+            print(
+                f"{order:>6} k={p['k']:>3}  served {served:.3f}  candidate {cand:.3f}  default {default:.3f}  "
+                f"retrain {p['retrain_seconds']:.0f}s  {p['decision']}"
+            )
     return 0
 
 
@@ -303,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--k", type=int, nargs="+", default=[1, 2, 5, 10, 20])
     b.add_argument("--steps", type=int, default=300, help="optimiser steps per retraining (warm-started)")
     b.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    b.add_argument("--orders", nargs="+", choices=["random", "spread"], default=["random", "spread"], help="labelling orders")
     b.add_argument("--out", default="bench-out/loop.json")
     b.set_defaults(func=bench_loop)
     b = bench.add_parser("models", help="RSS with many projects each serving its own fine-tuned version, per model cap")

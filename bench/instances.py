@@ -193,6 +193,8 @@ def run_instances_bench(
             "B": summary([r for n in half_b for r in records[n]], cfg),
             "all": summary(all_rows, cfg),
             "all_default_rule": summary(all_rows, engine.instances),
+            "real_folders": summary([r for n in names if not n.startswith("composite") for r in records[n]], cfg),
+            "composites": summary([r for n in names if n.startswith("composite") for r in records[n]], cfg),
         },
         "folders": {n: summary(rows, cfg) for n, rows in records.items()},
         "pairs": [

@@ -1,12 +1,15 @@
-"""The annotate-correct-retrain curve: start from one support frame, then after k corrected frames (ground truth
-stands in for the annotator) fine-tune with the real promotion rule (kp_model.training.finetune) and score, on the frames
-not labelled yet, the model the backend would serve and the fine-tuned candidate, with each retraining's wall time."""
+"""The annotate-correct-retrain curve: start from one labelled frame, then after k corrected frames (ground truth
+stands in for the annotator, in a random or an evenly spread order) fine-tune with the real promotion rule
+(kp_model.training.finetune) and score, on the frames not labelled yet, the model the backend would serve, the
+fine-tuned candidate and the default engine, each served as the backend serves it (few-shot over the labelled
+frames), with each retraining's wall time and the decision with its evidence."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,81 +22,103 @@ from kp_model.predictor import Predictor
 from kp_model.training.data import TrainSample, samples_from_coco
 from kp_model.training.finetune import FinetuneSettings, run_finetune
 from kp_model.training.loop import TrainConfig
+from kp_model.training.promotion import nearest_support_errors
 from kp_model.training.store import ModelStore
 
 log = logging.getLogger(__name__)
 
 
-def _pck(predictor: Predictor, support: TrainSample, frames: list[TrainSample]) -> float:
-    """PCK@0.2 of ``predictor`` on ``frames`` with ``support`` as the prompt (kp_model.evaluation.metrics)."""
-    return summarise(support_errors(predictor, support, frames))["pck@0.2"]
+ORDERS = ("random", "spread")
 
 
-def run_loop_bench(folder: Path, ks: tuple[int, ...] = (1, 2, 5, 10, 20), steps: int = 300, seed: int = 0) -> dict:
+def _order(n_frames: int, k_max: int, order: str, seed: int) -> list[int]:
+    """The frames corrected one after another (frame 0 is the first label): a random permutation, or evenly
+    spread over the video (each next one in the middle of the longest stretch not labelled yet)."""
+    if order == "random":
+        return [int(i) for i in np.random.default_rng(seed).permutation(np.arange(1, n_frames))[:k_max]]
+    chosen = [0]
+    while len(chosen) <= k_max and len(chosen) < n_frames:
+        marks = sorted(chosen) + [n_frames]
+        gaps = [(marks[i + 1] - marks[i], marks[i]) for i in range(len(marks) - 1)]
+        width, start = max(gaps)
+        chosen.append(start + width // 2)
+    return chosen[1:]
+
+
+def _served_pck(make: Callable[[], Predictor], labelled: list[TrainSample], rest: list[TrainSample]) -> float:
+    """PCK@0.2 on ``rest`` as the backend serves it: every labelled frame a support, each query predicted from its
+    nearest one (kp_model.training.promotion.nearest_support_errors)."""
+    return summarise(nearest_support_errors(make, labelled, rest))["pck@0.2"]
+
+
+def run_loop_bench(
+    folder: Path, ks: tuple[int, ...] = (1, 2, 5, 10, 20), steps: int = 300, seed: int = 0, order: str = "random"
+) -> dict:
     frames = samples_from_coco(folder)  # one instance per frame in a single-animal video
-    support = frames[0]
-    order = [int(i) for i in np.random.default_rng(seed).permutation(np.arange(1, len(frames)))[: max(ks)]]
+    sequence = _order(len(frames), max(ks), order, seed)
     default = PredictorConfig()
     t0 = time.perf_counter()
-    default_errors = support_errors(build_predictor(default), support, frames)  # per frame, computed once
-
-    def default_pck(indices: list[int]) -> float:
-        return summarise([default_errors[i] for i in indices])["pck@0.2"]
-
-    default_all = default_pck(list(range(1, len(frames))))
+    one_support_errors = support_errors(build_predictor(default), frames[0], frames)  # frame 0 only: one-shot
     oneshot_s = time.perf_counter() - t0
     points = []
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp) / "model")
         settings = FinetuneSettings(
-            tiny_config(category=support.category), TrainConfig(steps=steps, seed=seed, log_every=100), default, salt="bench"
+            tiny_config(category=frames[0].category), TrainConfig(steps=steps, seed=seed, log_every=100), default, salt="bench"
         )
         for k in ks:
-            labelled = [0, *order[:k]]
-            rest_idx = [i for i in range(len(frames)) if i not in set(labelled)]
-            rest = [frames[i] for i in rest_idx]
+            labelled_idx = [0, *sequence[:k]]
+            rest_idx = [i for i in range(len(frames)) if i not in set(labelled_idx)]
+            labelled, rest = [frames[i] for i in labelled_idx], [frames[i] for i in rest_idx]
             t1 = time.perf_counter()
-            record = run_finetune([frames[i] for i in labelled], store, settings)
+            record = run_finetune(labelled, store, settings)
             retrain_s = time.perf_counter() - t1
-            candidate = _pck(build_predictor(store.predictor_config(default, record["version"])), support, rest)
             served = store.served()
-            if served == record["version"]:
-                served_pck = candidate
-            elif served is None:
-                served_pck = default_pck(rest_idx)
-            else:
-                served_pck = _pck(build_predictor(store.predictor_config(default)), support, rest)
+
+            def engine(version: str | None) -> Callable[[], Predictor]:
+                return lambda: build_predictor(store.predictor_config(default, version))
+
+            candidate = _served_pck(engine(record["version"]), labelled, rest)
+            default_pck = _served_pck(engine(None), labelled, rest)
+            served_pck = candidate if served == record["version"] else default_pck if served is None else None
+            if served_pck is None:
+                served_pck = _served_pck(engine(served), labelled, rest)
             point = {
                 "k": k,
-                "labelled_frames": labelled,
+                "labelled_frames": labelled_idx,
                 "unlabelled_frames": len(rest),
                 "retrain_seconds": retrain_s,
                 "version": record["version"],
                 "decision": record["decision"],
                 "reason": record["reason"],
+                "evidence": record["evidence"],
                 "served": served or "default engine",
                 "served_pck@0.2": served_pck,
                 "candidate_pck@0.2": candidate,
-                "default_engine_pck@0.2": default_pck(rest_idx),
+                "default_engine_pck@0.2": default_pck,
+                "default_engine_frame0_pck@0.2": summarise([one_support_errors[i] for i in rest_idx])["pck@0.2"],
                 "peak_rss_mb": memory_mb()["peak_rss_mb"],
             }
             log.info(
-                "k=%d: served %s PCK@0.2 %.3f (candidate %.3f, default %.3f), retrain %.0fs",
+                "%s k=%d: served %s PCK@0.2 %.3f (candidate %.3f, default %.3f), retrain %.0fs, %s",
+                order,
                 k,
                 point["served"],
                 point["served_pck@0.2"],
                 point["candidate_pck@0.2"],
                 point["default_engine_pck@0.2"],
                 retrain_s,
+                record["decision"],
             )
             points.append(point)
     return {
-        "protocol": f"support = frame 0; after k corrected frames (random order, seed {seed}) the tiny kptllm preset is "
-        f"fine-tuned ({steps} steps, warm start from the previous version) and promoted by the held-out rule; "
-        "PCK@0.2 on the frames not yet labelled (kp_model.evaluation.metrics)",
+        "protocol": f"frame 0 labelled first; then k corrected frames ({order} order, seed {seed}); after each round the "
+        f"tiny kptllm preset is fine-tuned ({steps} steps, warm start from the previous version) and promoted by the "
+        "evidence rule (kp_model.training.promotion); PCK@0.2 on the frames not yet labelled, every engine served as "
+        "the backend serves it: the labelled frames are its supports, each query predicted from the nearest one",
         "folder": folder.name,
+        "order": order,
         "steps_per_retrain": steps,
-        "default_engine_pck@0.2_all_frames": default_all,
         "default_engine_seconds": oneshot_s,
         "points": points,
         "machine": machine_info(),

@@ -82,22 +82,31 @@ def decide(evidence: Sequence[Paired], rule: PromotionRule) -> tuple[bool, str]:
     return True, summary
 
 
+def nearest_support_errors(
+    make_predictor: Callable[[], Predictor], supports: Sequence[TrainSample], queries: Sequence[TrainSample]
+) -> list[np.ndarray]:
+    """Per query, the normalised errors of its counted keypoints (kp_model.evaluation.metrics.support_errors) when
+    predicted from its nearest support by global descriptor: what the few-shot service serves (shortlist of 1),
+    with one ``set_support`` per support used."""
+    if not supports:
+        return [np.zeros(0) for _ in queries]
+    descriptors = np.stack([global_descriptor(s.image) for s in supports])
+    nearest = [int(np.argmax(descriptors @ global_descriptor(q.image))) for q in queries]
+    out: list[np.ndarray] = [np.zeros(0)] * len(queries)
+    for j in sorted(set(nearest)):
+        idx = [i for i, n in enumerate(nearest) if n == j]
+        for i, e in zip(idx, support_errors(make_predictor(), supports[j], [queries[i] for i in idx]), strict=True):
+            out[i] = e
+    return out
+
+
 def nearest_support_pck(
     make_predictor: Callable[[], Predictor], supports: Sequence[TrainSample], queries: Sequence[TrainSample]
 ) -> list[float]:
-    """PCK@0.2 of each query predicted from its nearest support by global descriptor (the few-shot service's
-    shortlist of 1); one ``set_support`` per support used. NaN for a query with no counted keypoint."""
-    if not supports:
-        return [float("nan")] * len(queries)
-    descriptors = np.stack([global_descriptor(s.image) for s in supports])
-    nearest = [int(np.argmax(descriptors @ global_descriptor(q.image))) for q in queries]
-    out = [float("nan")] * len(queries)
-    for j in sorted(set(nearest)):
-        idx = [i for i, n in enumerate(nearest) if n == j]
-        errors = support_errors(make_predictor(), supports[j], [queries[i] for i in idx])
-        for i, e in zip(idx, errors, strict=True):
-            out[i] = float(np.mean(e <= 0.2)) if len(e) else float("nan")
-    return out
+    """PCK@0.2 of each query predicted from its nearest support (``nearest_support_errors``); NaN for a query with
+    no counted keypoint."""
+    errors = nearest_support_errors(make_predictor, supports, queries)
+    return [float(np.mean(e <= 0.2)) if len(e) else float("nan") for e in errors]
 
 
 def evidence_rows(evidence: Sequence[Paired]) -> list[dict]:
