@@ -75,14 +75,14 @@ def run_loop_bench(
             retrain_s = time.perf_counter() - t1
             served = store.served()
 
-            def engine(version: str | None) -> Callable[[], Predictor]:
-                return lambda: build_predictor(store.predictor_config(default, version))
+            def version(v: str) -> Callable[[], Predictor]:
+                return lambda: build_predictor(store.predictor_config(default, v))
 
-            candidate = _served_pck(engine(record["version"]), labelled, rest)
-            default_pck = _served_pck(engine(None), labelled, rest)
+            candidate = _served_pck(version(record["version"]), labelled, rest)
+            default_pck = _served_pck(lambda: build_predictor(default), labelled, rest)
             served_pck = candidate if served == record["version"] else default_pck if served is None else None
             if served_pck is None:
-                served_pck = _served_pck(engine(served), labelled, rest)
+                served_pck = _served_pck(version(served), labelled, rest)
             point = {
                 "k": k,
                 "labelled_frames": labelled_idx,
