@@ -17,12 +17,13 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from backend.events import project_dir
 from backend.ls_client import LabelStudioClient, LabelStudioError
 from backend.settings import Settings
+from backend.sqlite_db import transaction
 from backend.support import parse_time
 from backend.training_queue import reconcile_key, redis_connection
 
@@ -60,18 +61,9 @@ class AnnotationIndex:
         self.project = int(project)
         self.path = project_dir(data_dir, project) / "annotations.sqlite"
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         """A connection in one transaction (committed on success, rolled back on error)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with closing(sqlite3.connect(self.path, timeout=30)) as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-                with db:
-                    yield db
-        except sqlite3.Error as exc:
-            raise AnnotationIndexError(f"annotation index {self.path}: {exc}") from exc
+        return transaction(self.path, _SCHEMA, AnnotationIndexError, "annotation index")
 
     # --- writes: webhooks and reconciles ---------------------------------------------------------------------------
 

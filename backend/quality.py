@@ -19,8 +19,8 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import numpy as np
 from backend.convert import LabelledPoints, percent_to_pixels, regions_to_instances
 from backend.events import project_dir
 from backend.label_config import KeypointControl
+from backend.sqlite_db import transaction
 from kp_model.evaluation.assignment import assign
 from kp_model.evaluation.metrics import normalised_errors, reference_box
 from kp_model.training.store import ModelStore
@@ -115,17 +116,9 @@ class QualityLog:
         self.project = int(project)
         self.path = project_dir(data_dir, project) / "quality.sqlite"
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with closing(sqlite3.connect(self.path, timeout=30)) as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-                with db:
-                    yield db
-        except sqlite3.Error as exc:
-            raise QualityError(f"quality log {self.path}: {exc}") from exc
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A connection in one transaction (committed on success, rolled back on error)."""
+        return transaction(self.path, _SCHEMA, QualityError, "quality log")
 
     def record_predictions(self, items: Iterable[tuple[int, str, list]]) -> None:
         """Remember (task id, model version, predicted regions) per task; a newer prediction replaces the older.
