@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from kp_model.build import PredictorConfig, build_predictor
 from kp_model.kptllm.checkpoint import build_model, load_checkpoint, save_checkpoint
@@ -94,6 +95,7 @@ def run_finetune(
         model = load_checkpoint(store.checkpoint_dir(base))
     else:
         texts = sorted({semantic_text(n, settings.model.category) for s in samples for n in s.names})
+        torch.manual_seed(settings.train.seed)  # a new model's initial weights: the same run gives the same model
         model = build_model(settings.model, vocab_texts=texts)
     log.info("fine-tuning on %d annotations (%d held out), from %s", len(train_set), len(held_set), base or "a new model")
     stage("train")
