@@ -158,15 +158,13 @@ class FewShotPredictor:
     def predict_instances(self, images: list[np.ndarray]) -> list[list[KeypointPrediction]]:
         """Every individual in each (H, W, 3) uint8 RGB image, best first (``ranked_instances`` cut by the engine's
         count rule); keypoints are ``support_names``."""
+        engines = (s.predictor for s in self._supports.values())
+        rule = next((p.instances for p in engines if isinstance(p, RankedInstancePredictor)), None)
         out = []
         for image in images:
             preds, evidence = self.ranked_instances(image)
-            rule = next((p.instances for p in self._predictors() if isinstance(p, RankedInstancePredictor)), None)
             out.append(preds[: count_instances(evidence, rule)] if rule is not None else preds)
         return out
-
-    def _predictors(self) -> list[Predictor]:
-        return [s.predictor for s in self._supports.values()]
 
     def _predict_one(self, image: np.ndarray) -> KeypointPrediction:
         t0 = time.perf_counter()
@@ -225,11 +223,15 @@ def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg:
 
 
 def _reorder(pred: KeypointPrediction, names: list[str]) -> KeypointPrediction:
-    """``pred`` with its keypoints in the order of ``names``; a name it lacks gets score 0 at (nan, nan)."""
+    """``pred`` with its keypoints (and texts) in the order of ``names``; a name it lacks gets score 0 at (nan, nan)
+    and an empty text."""
     points = np.full((len(names), 2), np.nan)
     scores = np.zeros(len(names))
+    texts = [""] * len(names) if pred.texts is not None else None
     for k, name in enumerate(names):
         if name in pred.names:
             i = pred.names.index(name)
             points[k], scores[k] = pred.points[i], pred.scores[i]
-    return KeypointPrediction(names, points, scores, pred.seconds, pred.texts)
+            if texts is not None:
+                texts[k] = pred.texts[i]
+    return KeypointPrediction(names, points, scores, pred.seconds, texts)

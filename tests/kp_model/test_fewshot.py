@@ -107,3 +107,13 @@ def test_best_fusion_keeps_the_best_supports_pose() -> None:
     assert points.tolist() == [[60.0, 0.0], [160.0, 0.0]] and scores == pytest.approx([0.9 * 0.9 / 1.9] * 2)
     with pytest.raises(ValueError, match="fusion"):
         FewShotConfig(fusion="vote")
+
+
+def test_reorder_keeps_points_scores_and_texts_together() -> None:
+    from kp_model.fewshot import _reorder
+    from kp_model.predictor import KeypointPrediction
+
+    pred = KeypointPrediction(["b", "a"], np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0.2, 0.9]), texts=["tb", "ta"])
+    out = _reorder(pred, ["a", "c", "b"])
+    np.testing.assert_array_equal(out.points, [[3, 4], [np.nan, np.nan], [1, 2]])
+    assert out.scores.tolist() == [0.9, 0.0, 0.2] and out.texts == ["ta", "", "tb"]
