@@ -273,16 +273,17 @@ class PredictionService:
         if len(tasks) > self.settings.max_batch:
             raise BatchTooLargeError(f"{len(tasks)} tasks in one request; at most {self.settings.max_batch} (KPASSIST_MAX_BATCH)")
         supports, version = self.prepare(project, controls, conn)
+        placed = placed_points(context, controls)
         t0 = time.perf_counter()
         if not supports:
             results: list = [[] for _ in tasks]
         else:
             with ThreadPoolExecutor(max_workers=self.settings.predict_threads, thread_name_prefix="predict") as pool:
-                placed = placed_points(context, controls)
                 results = list(pool.map(lambda task: self._predict_task(task, supports, conn, placed), tasks))
         log.info("project %s: %d tasks predicted in %.2fs", project, len(tasks), time.perf_counter() - t0)
-        items = [(t.get("id"), version, r["result"]) for t, r in zip(tasks, results, strict=True) if r and isinstance(t, dict)]
-        self.remember_predictions(project, items)
+        if not placed:  # an interactive answer holds the annotator's own points: not what the task showed
+            shown = [(t.get("id"), version, r["result"]) for t, r in zip(tasks, results, strict=True) if r and isinstance(t, dict)]
+            self.remember_predictions(project, shown)
         return results, version
 
     def _predict_task(self, task: dict, supports: list, conn: Connection, placed: dict | None = None) -> dict | list:

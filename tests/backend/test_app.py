@@ -280,3 +280,12 @@ def test_a_submitted_annotation_is_compared_with_the_prediction_its_task_showed(
     assert row["acceptance@0.1"] == pytest.approx((len(shown) - 1) / len(shown))
     assert quality["rollbacks"] == [] and client.get("/kpassist/projects/2/jobs").json["quality"] == quality["versions"]
     assert client.get("/kpassist/projects/2/quality?last=0").status_code == 400
+    # an interactive answer (the annotator's placed point inside) is not remembered as what the task showed
+    placed = {**shown[0], "id": "u1", "value": {**shown[0]["value"], "x": 1.0, "y": 1.0}}
+    body = {"tasks": [task], "project": "2.1", "label_config": CONFIG, "params": {"context": {"result": [placed]}}}
+    assert client.post("/predict", json=body).status_code == 200
+    webhook["annotation"] = {"id": 6, "result": shown}
+    client.post("/webhook", json=webhook)
+    row = client.get("/kpassist/projects/2/quality").json["versions"][engine]
+    assert row["tasks"] == 2 and row["points"] == 2 * len(shown)  # compared with the first prediction, all kept
+    assert row["acceptance@0.1"] == pytest.approx((2 * len(shown) - 1) / (2 * len(shown)))
