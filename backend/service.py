@@ -282,8 +282,8 @@ class PredictionService:
                 results = list(pool.map(lambda task: self._predict_task(task, supports, conn, placed), tasks))
         log.info("project %s: %d tasks predicted in %.2fs", project, len(tasks), time.perf_counter() - t0)
         if not placed:  # an interactive answer holds the annotator's own points: not what the task showed
-            shown = [(t.get("id"), version, r["result"]) for t, r in zip(tasks, results, strict=True) if r and isinstance(t, dict)]
-            self.remember_predictions(project, shown)
+            pairs = zip(tasks, results, strict=True)
+            self.remember_predictions(project, [(t.get("id"), version, r["result"]) for t, r in pairs if r and isinstance(t, dict)])
         return results, version
 
     def _predict_task(self, task: dict, supports: list, conn: Connection, placed: dict | None = None) -> dict | list:
