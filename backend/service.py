@@ -283,7 +283,8 @@ class PredictionService:
         log.info("project %s: %d tasks predicted in %.2fs", project, len(tasks), time.perf_counter() - t0)
         if not placed:  # an interactive answer holds the annotator's own points: not what the task showed
             pairs = zip(tasks, results, strict=True)
-            self.remember_predictions(project, [(t.get("id"), version, r["result"]) for t, r in pairs if r and isinstance(t, dict)])
+            shown = [(t.get("id"), version, r["result"]) for t, r in pairs if r and isinstance(t, dict)]
+            self.remember_predictions(project, shown)
         return results, version
 
     def _predict_task(self, task: dict, supports: list, conn: Connection, placed: dict | None = None) -> dict | list:
