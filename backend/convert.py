@@ -31,6 +31,7 @@ class LabelledPoints:
     xy_percent: np.ndarray
     skipped: list[str] = field(default_factory=list)
     box_label: str = ""  # the label of the individual's box (RectangleLabels), "" without boxes
+    repeated: list[str] = field(default_factory=list)  # the ``skipped`` reasons that are a label placed twice
 
     def __len__(self) -> int:
         return len(self.names)
@@ -62,6 +63,7 @@ def regions_to_points(result: object, control: KeypointControl) -> LabelledPoint
     names: list[str] = []
     points: list[tuple[float, float]] = []
     skipped: list[str] = []
+    repeated: list[str] = []
     for i, region in enumerate(result):
         if not isinstance(region, dict):
             raise AnnotationFormatError(f"annotation result[{i}] must be an object, got {type(region).__name__}")
@@ -80,11 +82,12 @@ def regions_to_points(result: object, control: KeypointControl) -> LabelledPoint
         elif not _is_coordinate(x) or not _is_coordinate(y):
             skipped.append(f"region {region.get('id', i)}: x={x!r}, y={y!r} is not a point inside the image (percent 0..100)")
         elif labels[0] in names:
-            skipped.append(f"region {region.get('id', i)}: second point labelled {labels[0]!r}; the first one is used")
+            repeated.append(f"region {region.get('id', i)}: second point labelled {labels[0]!r}; the first one is used")
+            skipped.append(repeated[-1])
         else:
             names.append(labels[0])
             points.append((float(x), float(y)))
-    return LabelledPoints(names, np.asarray(points, np.float64).reshape(-1, 2), skipped)
+    return LabelledPoints(names, np.asarray(points, np.float64).reshape(-1, 2), skipped, repeated=repeated)
 
 
 def regions_to_instances(result: object, control: KeypointControl) -> tuple[list[LabelledPoints], list[str]]:
@@ -123,7 +126,7 @@ def regions_to_instances(result: object, control: KeypointControl) -> tuple[list
     out = []
     for parent, regions in sorted(groups.items(), key=lambda kv: kv[0] is not None):
         points = regions_to_points(regions, control)
-        repeated = [r for r in points.skipped if "second point labelled" in r]
+        repeated = points.repeated
         skipped.extend(r for r in points.skipped if r not in repeated)
         if repeated:
             where = f"box {parent}" if parent is not None else "the annotation"
