@@ -120,8 +120,9 @@ class QualityLog:
         """A connection in one transaction (committed on success, rolled back on error)."""
         return transaction(self.path, _SCHEMA, QualityError, "quality log")
 
-    def record_predictions(self, items: Iterable[tuple[int, str, list]]) -> None:
-        """Remember (task id, model version, predicted regions) per task; a newer prediction replaces the older.
+    def record_predictions(self, items: Iterable[tuple[object, str, list]]) -> None:
+        """Remember (task id, model version, predicted regions) per task (items without an integer id or regions are
+        left out); a newer prediction replaces the older.
         Quality is grouped by the version's engine part (``engine_of``)."""
         rows = [(int(t), str(v), json.dumps(r), time.time()) for t, v, r in items if isinstance(t, int) and r]
         if rows:

@@ -146,12 +146,13 @@ class PredictionService:
         return QualityLog(self.settings.data_dir, project)
 
     def remember_predictions(self, project: int | None, items: list[tuple[object, str, list]]) -> None:
-        """Keep (task id, model version, regions) of predictions handed to Label Studio, for live quality; a failure
-        to write is logged, never raised (the predictions were already answered)."""
+        """Keep (task id, model version, regions) of predictions handed to Label Studio, for live quality (items
+        without an integer task id are left out by QualityLog); a failure to write is logged, never raised (the
+        predictions were already answered)."""
         if project is None:
             return
         try:
-            self.quality(project).record_predictions((t, v, r) for t, v, r in items if isinstance(t, int))
+            self.quality(project).record_predictions(items)
         except QualityError as exc:
             log.warning("project %s: predictions not remembered for live quality: %s", project, exc)
 
@@ -161,7 +162,7 @@ class PredictionService:
         (logged, and noted in the version's record). Returns the comparison row (None: nothing to compare)."""
         quality = self.quality(project)
         row = quality.record_annotation(annotation, task, controls)
-        if row is not None and self.served_version(project) is not None:
+        if row is not None:  # rollback_if_worse does nothing while the default engine is served
             rule = RollbackRule(self.settings.rollback_min_tasks, self.settings.rollback_margin)
             store = project_store(self.settings.data_dir, project)
             rollback_if_worse(quality, store, self.engine_version, rule, self.settings.quality_window)

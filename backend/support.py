@@ -101,12 +101,6 @@ def select_supports(tasks: Iterable[dict], control: KeypointControl) -> list[Sup
     return refs
 
 
-def select_support(tasks: Iterable[dict], control: KeypointControl) -> SupportRef | None:
-    """The first individual of ``select_supports`` (None when there is none)."""
-    refs = select_supports(tasks, control)
-    return refs[0] if refs else None
-
-
 @dataclass
 class CachedSupport:
     """The supports of one (project, control): a FewShotPredictor holding one support per annotation in ``refs``."""

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from backend.label_config import KeypointControl
-from backend.support import SupportCache, SupportRef, select_support, select_supports
+from backend.support import SupportCache, SupportRef, select_supports
 from kp_model.build import PredictorConfig, build_predictor
 from kp_model.images import ImageLoadError
 
@@ -35,8 +35,8 @@ def test_most_recently_updated_overlapping_annotation_wins() -> None:
             ],
         },
     ]
-    ref = select_support(tasks, CONTROL)
-    assert ref is not None and ref.annotation_id == 13 and ref.task_id == 2
+    [ref] = select_supports(tasks, CONTROL)
+    assert ref.annotation_id == 13 and ref.task_id == 2
     assert ref.image_ref == "/data/upload/1/b.png" and ref.names == ("c",)
 
 
@@ -53,12 +53,12 @@ def test_mixed_or_missing_timestamps_compare() -> None:
             ],
         }
     ]
-    assert select_support(tasks, CONTROL).annotation_id == 2
+    assert [r.annotation_id for r in select_supports(tasks, CONTROL)] == [2]
 
 
 def test_no_annotation_means_no_support() -> None:
-    assert select_support([{"id": 1, "data": {"image": "x"}, "annotations": []}], CONTROL) is None
-    assert select_support([], CONTROL) is None
+    assert select_supports([{"id": 1, "data": {"image": "x"}, "annotations": []}], CONTROL) == []
+    assert select_supports([], CONTROL) == []
 
 
 def test_cache_rebuilds_only_when_the_annotation_changes(blob_image) -> None:
