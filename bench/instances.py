@@ -29,10 +29,10 @@ from kp_model.build import PredictorConfig, build_predictor
 from kp_model.coco import Instance, Sample, load_coco_keypoints
 from kp_model.evaluation.instances import ImageScore, Truth, score_image, summarise_instances
 from kp_model.evaluation.protocol import one_shot_pairs, support_instance
-from kp_model.fewshot import FewShotPredictor
+from kp_model.fewshot import FewShotPredictor, reorder
 from kp_model.images import load_image_rgb
 from kp_model.oneshot.instances import InstanceConfig, count_instances
-from kp_model.predictor import KeypointPrediction, SupportError
+from kp_model.predictor import SupportError
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,6 @@ def multi_instance_folders(data: Path) -> list[Path]:
 def _truths(query: Sample, mask: np.ndarray) -> list[Truth]:
     """The query's annotated instances, counting the keypoints visible in it and in the support (``mask``)."""
     return [Truth(i.keypoints[:, :2], i.visible & mask, i.box) for i in query.instances if (i.visible & mask).any()]
-
-
-def _full(pred: KeypointPrediction, names: list[str]) -> np.ndarray:
-    """(K, 2) px in the category's keypoint order ``names``; nan where ``pred`` has no finite point."""
-    out = np.full((len(names), 2), np.nan)
-    for name, point in zip(pred.names, pred.points, strict=True):
-        out[names.index(name)] = point
-    return out
 
 
 def _supports(sample: Sample) -> list[Instance]:
@@ -113,8 +105,8 @@ def evaluate_folder(folder: Path, engine: PredictorConfig, max_supports: int, ma
                 "query": qry.image_path.name,
                 "true": len(truths),
                 "scores": evidence,
-                "ranked": [_full(p, names) for p in ranked],
-                "single": _full(single, names),
+                "ranked": [reorder(p, names).points for p in ranked],
+                "single": reorder(single, names).points,  # in the category's keypoint order
                 "truths": truths,
                 "seconds_single": t1 - t0,
                 "seconds_ranked": t2 - t1,

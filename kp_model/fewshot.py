@@ -148,11 +148,11 @@ class FewShotPredictor:
         rankers = [p for p in (self._supports[k].predictor for k in group) if isinstance(p, RankedInstancePredictor)]
         if not rankers:
             [[pred, *_]] = predict_instances(self._supports[group[0]].predictor, [image])
-            return [_reorder(pred, names)], [0.0]
+            return [reorder(pred, names)], [0.0]
         lists = []
         for predictor in rankers:
             preds, evidence = predictor.ranked_instances(image)
-            lists.append(([_reorder(p, names) for p in preds], evidence))
+            lists.append(([reorder(p, names) for p in preds], evidence))
         return merge_ranked(lists, rankers[0].instances)
 
     def predict_instances(self, images: list[np.ndarray]) -> list[list[KeypointPrediction]]:
@@ -222,7 +222,7 @@ def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg:
     return points, scores
 
 
-def _reorder(pred: KeypointPrediction, names: list[str]) -> KeypointPrediction:
+def reorder(pred: KeypointPrediction, names: list[str]) -> KeypointPrediction:
     """``pred`` with its keypoints (and texts) in the order of ``names``; a name it lacks gets score 0 at (nan, nan)
     and an empty text."""
     points = np.full((len(names), 2), np.nan)

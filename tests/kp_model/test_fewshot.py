@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kp_model.build import PredictorConfig, build_predictor
-from kp_model.fewshot import FewShotConfig, FewShotPredictor, _reorder, fuse
+from kp_model.fewshot import FewShotConfig, FewShotPredictor, fuse, reorder
 from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError
 
 
@@ -111,6 +111,6 @@ def test_best_fusion_keeps_the_best_supports_pose() -> None:
 
 def test_reorder_keeps_points_scores_and_texts_together() -> None:
     pred = KeypointPrediction(["b", "a"], np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0.2, 0.9]), texts=["tb", "ta"])
-    out = _reorder(pred, ["a", "c", "b"])
+    out = reorder(pred, ["a", "c", "b"])
     np.testing.assert_array_equal(out.points, [[3, 4], [np.nan, np.nan], [1, 2]])
     assert out.scores.tolist() == [0.9, 0.0, 0.2] and out.texts == ["ta", "", "tb"]
