@@ -28,6 +28,7 @@ from backend.support import SupportCache, SupportRef, select_supports
 from kp_model.build import ModelCache, PredictorConfig, build_predictor
 from kp_model.images import ImageLoadError
 from kp_model.interactive import constrain
+from kp_model.parallel import PoolConfig, PredictorPool, Shipped
 from kp_model.predictor import Predictor, SupportError, predict_instances
 from kp_model.training.store import ModelStore, StoreError
 
@@ -78,6 +79,7 @@ class PredictionService:
         self.training: TrainingQueue | None = None  # set by the app (None: events are recorded nowhere, no training)
         self._indexed: set[int] = set()  # projects whose annotation index this process has checked (ensure_indexed)
         self.label_checks = LabelChecker(self)
+        self.pool = PredictorPool(PoolConfig(processes=settings.predict_processes))  # batches' engine work, per core
 
     @property
     def engine_version(self) -> str:
@@ -279,8 +281,13 @@ class PredictionService:
         if not supports:
             results: list = [[] for _ in tasks]
         else:
-            with ThreadPoolExecutor(max_workers=self.settings.predict_threads, thread_name_prefix="predict") as pool:
-                results = list(pool.map(lambda task: self._predict_task(task, supports, conn, placed), tasks))
+            # a batch's engine work goes to the worker processes (each predictor pickled once); one task stays here
+            shipped = {id(cached): self.pool.ship(cached.predictor) for _, cached in supports} if len(tasks) > 1 else {}
+            threads = self.settings.predict_threads
+            if any(shipped.values()):  # threads fetch images and wait on the workers: two per worker keep them busy
+                threads = max(threads, 2 * self.pool.cfg.processes)
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict") as pool:
+                results = list(pool.map(lambda task: self._predict_task(task, supports, conn, placed, shipped), tasks))
         log.info("project %s: %d tasks predicted in %.2fs", project, len(tasks), time.perf_counter() - t0)
         if not placed:  # an interactive answer holds the annotator's own points: not what the task showed
             pairs = zip(tasks, results, strict=True)
@@ -288,10 +295,12 @@ class PredictionService:
             self.remember_predictions(project, shown)
         return results, version
 
-    def _predict_task(self, task: dict, supports: list, conn: Connection, placed: dict | None = None) -> dict | list:
+    def _predict_task(
+        self, task: dict, supports: list, conn: Connection, placed: dict | None = None, shipped: dict | None = None
+    ) -> dict | list:
         """One task's prediction, or ``[]`` when it fails (logged): a bad image or an engine error costs that task only."""
         try:
-            return self.predict_one(task, supports, conn, placed=placed)
+            return self.predict_one(task, supports, conn, placed=placed, shipped=shipped)
         except TaskPredictionError as exc:
             log.warning("task %s: no prediction: %s", task.get("id") if isinstance(task, dict) else None, exc)
             return []
@@ -303,10 +312,12 @@ class PredictionService:
         conn: Connection,
         seconds: dict[str, float] | None = None,
         placed: dict[str, dict[str, dict]] | None = None,
+        shipped: dict[int, Shipped | None] | None = None,
     ) -> dict:
         """One task's prediction ``{"result": regions, "score": s}`` with ``supports`` from ``prepare``; ``seconds``
         (optional) accumulates the time spent reading images ("image": download + decode) and in the engine;
-        ``placed`` (``placed_points``): per control, the regions the annotator placed, kept exactly.
+        ``placed`` (``placed_points``): per control, the regions the annotator placed, kept exactly; ``shipped``:
+        per support (``id``), its predictor shipped to the worker processes (``PredictorPool.ship``), or in-process.
 
         Raises:
             TaskPredictionError: the task's image is missing or unreadable, or the engine failed on it (the
@@ -334,10 +345,14 @@ class PredictionService:
             boxed = bool(control.box_from_name)
             try:
                 t0 = time.perf_counter()
-                if boxed:  # several individuals, each a box with its keypoints
-                    preds = predict_instances(cached.predictor, [image])[0][: self.settings.max_instances]
+                ship = (shipped or {}).get(id(cached))
+                if ship is not None:
+                    preds = self.pool.predict(ship, image, instances=boxed)
+                elif boxed:  # several individuals, each a box with its keypoints
+                    preds = predict_instances(cached.predictor, [image])[0]
                 else:
                     preds = cached.predictor.predict([image])
+                preds = preds[: self.settings.max_instances]
                 if seconds is not None:
                     seconds["engine"] = seconds.get("engine", 0.0) + time.perf_counter() - t0
             except Exception as exc:  # one task's engine failure must not fail the batch: logged with its traceback

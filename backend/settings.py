@@ -30,7 +30,8 @@ class Settings:
     rollback_min_tasks: int = 8  # KPASSIST_ROLLBACK_MIN_TASKS: corrected tasks per version before live quality can roll back
     rollback_margin: float = 0.15  # KPASSIST_ROLLBACK_MARGIN: acceptance@0.1 drop vs the previous version that rolls back
     max_instances: int = 10  # KPASSIST_MAX_INSTANCES: most individuals predicted per image (configs with boxes)
-    predict_threads: int = 2  # KPASSIST_PREDICT_THREADS: tasks of one /predict handled in parallel (1.5x on 2 cores)
+    predict_threads: int = 2  # KPASSIST_PREDICT_THREADS: tasks of one /predict handled in parallel (fetch + engine)
+    predict_processes: int = 2  # KPASSIST_PREDICT_PROCESSES: worker processes for a batch's engine work (0 = threads only)
     redis_url: str = "redis://127.0.0.1:6379/0"  # REDIS_URL: the RQ queue's Redis
     queue_name: str = "kpassist"  # KPASSIST_QUEUE: RQ queue of the training worker; prefixes kpassist's Redis keys
     train_threshold: int = 5  # KPASSIST_TRAIN_THRESHOLD: annotation events since the last run that queue a job
@@ -79,6 +80,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.predict_processes < 0:
+            raise SettingsError(f"predict_processes (KPASSIST_PREDICT_PROCESSES) must be >= 0, got {self.predict_processes}")
         if self.engine_config and not Path(self.engine_config).is_file():
             raise SettingsError(f"engine_config (KPASSIST_ENGINE_CONFIG) {self.engine_config!r} is not a file")
         if self.local_root and not Path(self.local_root).is_dir():
@@ -121,6 +124,7 @@ class Settings:
             "max_image_bytes": "KPASSIST_MAX_IMAGE_BYTES",
             "max_batch": "KPASSIST_MAX_BATCH",
             "predict_threads": "KPASSIST_PREDICT_THREADS",
+            "predict_processes": "KPASSIST_PREDICT_PROCESSES",
             "max_instances": "KPASSIST_MAX_INSTANCES",
             "quality_window": "KPASSIST_QUALITY_WINDOW",
             "rollback_min_tasks": "KPASSIST_ROLLBACK_MIN_TASKS",

@@ -73,7 +73,7 @@ class FewShotPredictor:
     """Many supports, each its own single-support predictor (features computed once per support, by
     ``make_predictor``'s engine); implements the Predictor protocol (``set_support`` = one support only)."""
 
-    def __init__(self, make_predictor: Callable[[], Predictor], cfg: FewShotConfig | None = None) -> None:
+    def __init__(self, make_predictor: Callable[[], Predictor] | None, cfg: FewShotConfig | None = None) -> None:
         self.make_predictor = make_predictor
         self.cfg = cfg or FewShotConfig()
         self._supports: OrderedDict[str, _Support] = OrderedDict()
@@ -94,6 +94,16 @@ class FewShotPredictor:
             names.update(dict.fromkeys(s.names))
         return list(names)
 
+    @property
+    def portable(self) -> bool:
+        """True when every support's predictor can run in a worker process (kp_model.parallel)."""
+        return bool(self._supports) and all(getattr(s.predictor, "portable", False) for s in self._supports.values())
+
+    def __getstate__(self) -> dict:
+        """Pickled (for a worker process) without ``make_predictor``, often a closure: the copy predicts with the
+        supports it holds; ``add_support`` on it raises."""
+        return {**self.__dict__, "make_predictor": None}
+
     def copy(self) -> FewShotPredictor:
         """A predictor sharing this one's supports (features not recomputed); adding to or removing from either
         leaves the other as it was."""
@@ -111,6 +121,8 @@ class FewShotPredictor:
 
         Raises SupportError on bad input (kp_model.predictor.validate_support)."""
         kps = validate_support(image, keypoints, names)
+        if self.make_predictor is None:
+            raise RuntimeError("this FewShotPredictor was unpickled without its engine factory: add supports to the original")
         predictor = self.make_predictor()
         predictor.set_support(image, kps, list(names))
         self._supports.pop(key, None)

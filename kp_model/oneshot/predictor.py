@@ -46,6 +46,11 @@ class OneShotPredictor:
     def support_names(self) -> list[str]:
         return list(self._names)
 
+    @property
+    def portable(self) -> bool:
+        """True when it can run in a worker process (kp_model.parallel): descriptors, no pretrained encoder."""
+        return self.matcher.encoder is None
+
     def set_support(self, image: np.ndarray, keypoints: np.ndarray, names: list[str]) -> None:
         """Cache the support: image (H, W, 3) uint8 RGB, keypoints (K, 2) px, K names (see validate_support)."""
         kps = validate_support(image, keypoints, names)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from backend.settings import Settings, SettingsError
@@ -32,13 +34,26 @@ def test_training_threads_are_bounded_and_checked() -> None:
     assert Settings.from_env({"KPASSIST_TRAIN_THREADS": "2"}).train_threads == 2 and Settings().train_threads == 1
     with pytest.raises(SettingsError, match="train_threads"):
         Settings.from_env({"KPASSIST_TRAIN_THREADS": "0"})
-    before = torch.get_num_threads(), cv2.getNumThreads()
-    try:
-        limit_threads(1)
-        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
-    finally:
-        torch.set_num_threads(before[0])
-        cv2.setNumThreads(before[1])
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    before = torch.get_num_threads(), cv2.getNumThreads(), os.environ.get("OMP_NUM_THREADS")
+    with threadpool_limits(limits=None):  # restores numpy's BLAS pool on exit
+        try:
+            limit_threads(1)
+            assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+            assert {p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openblas"} == {1}
+        finally:
+            torch.set_num_threads(before[0])
+            cv2.setNumThreads(before[1])
+            if before[2] is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = before[2]
+    with pytest.raises(ValueError, match="thread count"):
+        limit_threads(0)
+    assert Settings.from_env({"KPASSIST_PREDICT_PROCESSES": "0"}).predict_processes == 0
+    with pytest.raises(SettingsError, match="predict_processes"):
+        Settings.from_env({"KPASSIST_PREDICT_PROCESSES": "-1"})
 
 
 def test_boolean_settings() -> None:
