@@ -190,15 +190,17 @@ def bench_loop(args: argparse.Namespace) -> int:
     from bench.loop import plot_loop, run_loop_bench
 
     limit_threads(args.threads)
-    reports = {order: run_loop_bench(Path(args.data), tuple(args.k), args.steps, order=order) for order in args.orders}
+    peer = (Path(args.sleap_venv), args.peer_steps, args.threads) if args.sleap_venv else None
+    reports = {order: run_loop_bench(Path(args.data), tuple(args.k), args.steps, order=order, peer=peer) for order in args.orders}
     path = _write({"orders": reports}, args.out)
     for order, report in reports.items():
         plot_loop(report, path.with_name(f"{path.stem}-{order}.png"))
         for p in report["points"]:
             served, cand, default = p["served_pck@0.2"], p["candidate_pck@0.2"], p["default_engine_pck@0.2"]
+            sleap = f"  sleap-nn {p['sleap_nn']['pck@0.2']:.3f} ({p['sleap_nn']['wall_s']:.0f}s)" if "sleap_nn" in p else ""
             print(
                 f"{order:>6} k={p['k']:>3}  served {served:.3f}  candidate {cand:.3f}  default {default:.3f}  "
-                f"retrain {p['retrain_seconds']:.0f}s  {p['decision']}"
+                f"retrain {p['retrain_seconds']:.0f}s  {p['decision']}{sleap}"
             )
     return 0
 
@@ -308,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--steps", type=int, default=300, help="optimiser steps per retraining (warm-started)")
     b.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     b.add_argument("--orders", nargs="+", choices=["random", "spread"], default=["random", "spread"], help="labelling orders")
+    b.add_argument("--sleap-venv", default=None, help="peer column: a virtualenv with sleap-nn (bench/peer.py says how)")
+    b.add_argument("--peer-steps", type=int, default=600, help="sleap-nn training steps per k (from scratch)")
     b.add_argument("--out", default="bench-out/loop.json")
     b.set_defaults(func=bench_loop)
     b = bench.add_parser("models", help="RSS with many projects each serving its own fine-tuned version, per model cap")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import machine_info, memory_mb
+from bench.peer import run_sleap_peer
 from kp_model.build import PredictorConfig, build_predictor
 from kp_model.evaluation.metrics import summarise, support_errors
 from kp_model.kptllm.configuration import tiny_config
@@ -52,8 +53,15 @@ def _served_pck(make: Callable[[], Predictor], labelled: list[TrainSample], rest
 
 
 def run_loop_bench(
-    folder: Path, ks: tuple[int, ...] = (1, 2, 5, 10, 20), steps: int = 300, seed: int = 0, order: str = "random"
+    folder: Path,
+    ks: tuple[int, ...] = (1, 2, 5, 10, 20),
+    steps: int = 300,
+    seed: int = 0,
+    order: str = "random",
+    peer: tuple[Path, int, int] | None = None,
 ) -> dict:
+    """The curve of one folder in one order; ``peer`` (sleap-nn venv, its steps, threads) adds sleap-nn trained
+    from scratch on the same labelled frames at each k (bench.peer)."""
     frames = samples_from_coco(folder)  # one instance per frame in a single-animal video
     sequence = _order(len(frames), max(ks), order, seed)
     default = PredictorConfig()
@@ -99,6 +107,11 @@ def run_loop_bench(
                 "default_engine_frame0_pck@0.2": summarise([one_support_errors[i] for i in rest_idx])["pck@0.2"],
                 "peak_rss_mb": memory_mb()["peak_rss_mb"],
             }
+            if peer is not None:
+                venv, peer_steps, threads = peer
+                point["sleap_nn"] = run_sleap_peer(venv, labelled, rest, peer_steps, threads)
+                sleap = point["sleap_nn"]
+                log.info("%s k=%d: sleap-nn PCK@0.2 %.3f in %.0fs", order, k, sleap["pck@0.2"], sleap["wall_s"])
             log.info(
                 "%s k=%d: served %s PCK@0.2 %.3f (candidate %.3f, default %.3f), retrain %.0fs, %s",
                 order,
@@ -136,6 +149,8 @@ def plot_loop(report: dict, path: Path) -> None:
     ax.plot(ks, [p["served_pck@0.2"] for p in report["points"]], "o-", label="served (after promotion rule)")
     ax.plot(ks, [p["candidate_pck@0.2"] for p in report["points"]], "s--", label="fine-tuned candidate")
     ax.plot(ks, [p["default_engine_pck@0.2"] for p in report["points"]], "^:", label="default engine (no training)")
+    if all("sleap_nn" in p for p in report["points"]):
+        ax.plot(ks, [p["sleap_nn"]["pck@0.2"] for p in report["points"]], "x-.", label="sleap-nn (from scratch)")
     ax.set(xscale="log", xlabel="corrected frames k", ylabel="PCK@0.2 on unlabelled frames", ylim=(0, 1), title=report["folder"])
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.legend(loc="lower right")
