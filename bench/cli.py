@@ -190,7 +190,15 @@ def bench_loop(args: argparse.Namespace) -> int:
     from bench.loop import plot_loop, run_loop_bench
 
     limit_threads(args.threads)
-    peer = (Path(args.sleap_venv), args.peer_steps, args.threads) if args.sleap_venv else None
+    peer = None
+    if args.sleap_venv:
+        peer = {
+            "venv": Path(args.sleap_venv),
+            "steps": args.peer_steps,
+            "threads": args.peer_threads or args.threads,
+            "scale": args.peer_scale,
+            "batch_size": args.peer_batch,
+        }
     reports = {order: run_loop_bench(Path(args.data), tuple(args.k), args.steps, order=order, peer=peer) for order in args.orders}
     path = _write({"orders": reports}, args.out)
     for order, report in reports.items():
@@ -312,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--orders", nargs="+", choices=["random", "spread"], default=["random", "spread"], help="labelling orders")
     b.add_argument("--sleap-venv", default=None, help="peer column: a virtualenv with sleap-nn (bench/peer.py says how)")
     b.add_argument("--peer-steps", type=int, default=600, help="sleap-nn training steps per k (from scratch)")
+    b.add_argument("--peer-scale", type=float, default=None, help="sleap-nn input scale (default: its generator's)")
+    b.add_argument("--peer-batch", type=int, default=None, help="sleap-nn batch size (default: its generator's)")
+    b.add_argument("--peer-threads", type=int, default=None, help="sleap-nn's torch threads (default: --threads)")
     b.add_argument("--out", default="bench-out/loop.json")
     b.set_defaults(func=bench_loop)
     b = bench.add_parser("models", help="RSS with many projects each serving its own fine-tuned version, per model cap")

@@ -58,10 +58,10 @@ def run_loop_bench(
     steps: int = 300,
     seed: int = 0,
     order: str = "random",
-    peer: tuple[Path, int, int] | None = None,
+    peer: dict | None = None,
 ) -> dict:
-    """The curve of one folder in one order; ``peer`` (sleap-nn venv, its steps, threads) adds sleap-nn trained
-    from scratch on the same labelled frames at each k (bench.peer)."""
+    """The curve of one folder in one order; ``peer`` (``bench.peer.run_sleap_peer``'s keyword arguments: venv,
+    steps, threads, scale, batch_size) adds sleap-nn trained from scratch on the same labelled frames at each k."""
     frames = samples_from_coco(folder)  # one instance per frame in a single-animal video
     sequence = _order(len(frames), max(ks), order, seed)
     default = PredictorConfig()
@@ -108,8 +108,7 @@ def run_loop_bench(
                 "peak_rss_mb": memory_mb()["peak_rss_mb"],
             }
             if peer is not None:
-                venv, peer_steps, threads = peer
-                point["sleap_nn"] = run_sleap_peer(venv, labelled, rest, peer_steps, threads)
+                point["sleap_nn"] = run_sleap_peer(labelled=labelled, rest=rest, **peer)
                 sleap = point["sleap_nn"]
                 log.info("%s k=%d: sleap-nn PCK@0.2 %.3f in %.0fs", order, k, sleap["pck@0.2"], sleap["wall_s"])
             log.info(

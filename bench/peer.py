@@ -31,9 +31,18 @@ def _png(image: np.ndarray, path: Path) -> str:
     return str(path)
 
 
-def run_sleap_peer(venv: Path, labelled: list[TrainSample], rest: list[TrainSample], steps: int = 600, threads: int = 1) -> dict:
-    """Train sleap-nn on ``labelled``, predict ``rest``; returns PCK@0.05/0.1/0.2 and mean error over ``rest``
-    (a keypoint sleap-nn did not find counts as wrong), wall seconds, CPU seconds and peak RSS of the run."""
+def run_sleap_peer(
+    venv: Path,
+    labelled: list[TrainSample],
+    rest: list[TrainSample],
+    steps: int = 600,
+    threads: int = 1,
+    scale: float | None = None,
+    batch_size: int | None = None,
+) -> dict:
+    """Train sleap-nn on ``labelled`` (its config generator's single-instance model; ``scale`` and ``batch_size``
+    override its input scale and batch, None keeps them), predict ``rest``; returns PCK@0.05/0.1/0.2 and mean error
+    over ``rest`` (a keypoint sleap-nn did not find counts as wrong), wall seconds, CPU seconds and peak RSS."""
     python = Path(venv) / "bin" / "python"
     if not python.exists():
         raise PeerError(f"{python} not found: make the sleap-nn venv first (see bench/peer.py)")
@@ -48,7 +57,16 @@ def run_sleap_peer(venv: Path, labelled: list[TrainSample], rest: list[TrainSamp
             for i, s in enumerate(labelled)
         ]
         test = [_png(s.image, work / f"test{i:03d}.png") for i, s in enumerate(rest)]
-        job = {"names": names, "train": train, "test": test, "steps": steps, "threads": threads, "workdir": tmp}
+        job = {
+            "names": names,
+            "train": train,
+            "test": test,
+            "steps": steps,
+            "threads": threads,
+            "workdir": tmp,
+            "scale": scale,
+            "batch_size": batch_size,
+        }
         (work / "job.json").write_text(json.dumps(job))
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
@@ -68,6 +86,8 @@ def run_sleap_peer(venv: Path, labelled: list[TrainSample], rest: list[TrainSamp
     return {
         **{k: v for k, v in summarise(errors).items() if k.startswith("pck") or k == "mean_error"},
         "steps": steps,
+        "scale": scale,
+        "batch_size": batch_size,
         "wall_s": wall,
         "train_s": out["train_s"],
         "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
