@@ -23,7 +23,7 @@ from kp_model.predictor import Predictor
 from kp_model.training.data import TrainSample, samples_from_coco
 from kp_model.training.finetune import FinetuneSettings, run_finetune
 from kp_model.training.loop import TrainConfig
-from kp_model.training.promotion import nearest_support_errors
+from kp_model.training.promotion import served_errors
 from kp_model.training.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ def _order(n_frames: int, k_max: int, order: str, seed: int) -> list[int]:
 
 def _served_pck(make: Callable[[], Predictor], labelled: list[TrainSample], rest: list[TrainSample]) -> float:
     """PCK@0.2 on ``rest`` as the backend serves it: every labelled frame a support, each query predicted from its
-    nearest one (kp_model.training.promotion.nearest_support_errors)."""
-    return summarise(nearest_support_errors(make, labelled, rest))["pck@0.2"]
+    nearest one, checked by the next ones (kp_model.training.promotion.served_errors, the default few-shot settings)."""
+    return summarise(served_errors(make, labelled, rest, PredictorConfig().fewshot))["pck@0.2"]
 
 
 def run_loop_bench(
@@ -127,7 +127,8 @@ def run_loop_bench(
         "protocol": f"frame 0 labelled first; then k corrected frames ({order} order, seed {seed}); after each round the "
         f"tiny kptllm preset is fine-tuned ({steps} steps, warm start from the previous version) and promoted by the "
         "evidence rule (kp_model.training.promotion); PCK@0.2 on the frames not yet labelled, every engine served as "
-        "the backend serves it: the labelled frames are its supports, each query predicted from the nearest one",
+        "the backend serves it: the labelled frames are its supports, each query predicted from the nearest one, "
+        "checked by the next two",
         "folder": folder.name,
         "order": order,
         "steps_per_retrain": steps,

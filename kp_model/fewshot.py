@@ -1,14 +1,17 @@
 """Few-shot prediction from many supports, for any engine: every labelled image is a support. A query is matched
 against the few supports nearest to it by a cheap global image descriptor (on a video, the nearest labelled frames),
 and their answers are fused per keypoint: the answer most supports agree on wins, and supports that disagree on a
-keypoint lower its score (so scores rank errors).
+keypoint lower its score (so scores rank errors). With one support shortlisted (the default), the next nearest
+supports check its pose (``vote``): two that agree with each other against it replace it (a head/tail flip of the
+nearest frame's match), and a second-nearest that disagrees lowers the scores.
 
 predictor = FewShotPredictor(lambda: build_predictor(cfg))
 predictor.add_support("12", image, keypoints, names)    # one per labelled image, features cached per key
 predictor.remove_support("12")                          # a deleted annotation leaves; the others stay cached
 [pred] = predictor.predict([query])
 
-The cost of a query grows with ``shortlist``, not with the number of supports (one dot product each).
+The cost of a query grows with ``shortlist`` (and the vote's 1-2 extra matches), not with the number of supports (one
+dot product each).
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ class FewShotConfig(JsonConfig):
     fusion: str = "agree"  # "agree": per keypoint, the answer most weight agrees on; "best": the whole answer of the
     # support with the highest weighted mean score (its pose kept intact); both score a keypoint by agreement
     instance_supports: int = 4  # individuals: at most this many supports of the nearest image (its individuals) search
+    vote: bool = True  # shortlist 1, 3+ supports: the 2nd and 3rd nearest replace the nearest's pose when both disagree
+    # with it and agree with each other (fixed head/tail flips: issue 11, chosen on the mouse video's first half)
+    vote_agree: float = 0.1  # two poses agree when their mean keypoint distance is <= this x the support's size
+    disagree_factor: float = 0.5  # scores x this when the 2nd nearest's pose disagrees with the answer (ranks errors)
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -51,6 +58,10 @@ class FewShotConfig(JsonConfig):
             raise ValueError(f"agree_radius must be > 0, got {self.agree_radius}")
         if self.similarity_temperature <= 0:
             raise ValueError(f"similarity_temperature must be > 0, got {self.similarity_temperature}")
+        if self.vote_agree <= 0:
+            raise ValueError(f"vote_agree must be > 0, got {self.vote_agree}")
+        if not 0 <= self.disagree_factor <= 1:
+            raise ValueError(f"disagree_factor must be in [0, 1], got {self.disagree_factor}")
 
 
 def global_descriptor(image: np.ndarray) -> np.ndarray:
@@ -67,6 +78,7 @@ class _Support:
     predictor: Predictor
     descriptor: np.ndarray
     names: list[str]
+    size: float  # px: the longer side of its keypoints' extent x 1.2 (about its reference box)
 
 
 class FewShotPredictor:
@@ -126,7 +138,8 @@ class FewShotPredictor:
         predictor = self.make_predictor()
         predictor.set_support(image, kps, list(names))
         self._supports.pop(key, None)
-        self._supports[key] = _Support(predictor, global_descriptor(image), list(names))
+        size = 1.2 * max(float(np.ptp(kps, axis=0).max()), 1.0)
+        self._supports[key] = _Support(predictor, global_descriptor(image), list(names), size)
         while len(self._supports) > self.cfg.max_supports:
             self._supports.popitem(last=False)
 
@@ -181,12 +194,34 @@ class FewShotPredictor:
     def _predict_one(self, image: np.ndarray) -> KeypointPrediction:
         t0 = time.perf_counter()
         names = self.support_names
+        vote = self.cfg.vote and self.cfg.shortlist == 1 and len(self._supports) >= 3
+        ranked = self.nearest(image, 3 if vote else self.cfg.shortlist)
         answers = []
-        for key, sim in self.nearest(image, self.cfg.shortlist):
+        for key, sim in ranked[: self.cfg.shortlist]:
             [pred] = self._supports[key].predictor.predict([image])
             answers.append((pred, sim))
         points, scores = fuse(answers, names, self.cfg)
+        if vote:
+            points, scores = self._vote(image, names, points, scores, [key for key, _ in ranked])
         return KeypointPrediction(names, points, scores, time.perf_counter() - t0)
+
+    def _vote(
+        self, image: np.ndarray, names: list[str], points: np.ndarray, scores: np.ndarray, keys: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest support's answer (points (K, 2) px, scores (K,)) checked by the next two (``keys``, nearest
+        first): the 2nd is always asked; only when it disagrees is the 3rd, and when the 3rd agrees with the 2nd
+        and not with the nearest, the better scored of the two replaces the answer. Scores x ``disagree_factor``
+        whenever the 2nd disagreed."""
+        size = self._supports[keys[0]].size
+        second = reorder(self._supports[keys[1]].predictor.predict([image])[0], names)
+        if pose_distance(points, second.points) <= self.cfg.vote_agree * size:
+            return points, scores
+        third = reorder(self._supports[keys[2]].predictor.predict([image])[0], names)
+        factor = self.cfg.disagree_factor
+        if pose_distance(second.points, third.points) <= self.cfg.vote_agree * size < pose_distance(points, third.points):
+            best = second if second.score >= third.score else third
+            return best.points, best.scores * factor
+        return points, scores * factor
 
 
 def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg: FewShotConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -232,6 +267,13 @@ def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg:
         points[k] = (w[members, None] * p[members]).sum(axis=0) / w[members].sum()
         scores[k] = float(s[members].mean() * w[members].sum() / w.sum())
     return points, scores
+
+
+def pose_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean distance (px) between two (K, 2) px poses over the keypoints both have (finite); 0 when none."""
+    d = np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=1)
+    d = d[np.isfinite(d)]
+    return float(d.mean()) if len(d) else 0.0
 
 
 def reorder(pred: KeypointPrediction, names: list[str]) -> KeypointPrediction:

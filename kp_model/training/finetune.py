@@ -21,7 +21,7 @@ from kp_model.kptllm.semantics import semantic_text
 from kp_model.predictor import Predictor
 from kp_model.training.data import TrainingError, TrainSample
 from kp_model.training.loop import TrainConfig, train
-from kp_model.training.promotion import Paired, PromotionRule, decide, evidence_rows, nearest_support_pck
+from kp_model.training.promotion import Paired, PromotionRule, decide, evidence_rows, served_pck
 from kp_model.training.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ def run_finetune(
     """Train, save, evaluate and maybe promote; returns the version record (also written to the store).
 
     samples: chronological; ``key`` identifies the annotation and ``group`` (before the "/" of key) the image it
-    belongs to, the unit of the held-out split. Evidence images are predicted from their nearest training image.
+    belongs to, the unit of the held-out split. Evidence images are predicted as served: the training images are the
+    supports (kp_model.training.promotion.served_errors).
     stage(name): called at "train", "checkpoint" (files written, not yet renamed), "record", "promote".
     """
     t_start = time.time()
@@ -108,16 +109,17 @@ def run_finetune(
     def engine(v: str | None) -> Callable[[], Predictor]:
         return lambda: build_predictor(store.predictor_config(settings.default, v))
 
+    few = settings.default.fewshot
     evidence = []
     if held_set:  # the candidate itself, on images nobody trained on
-        cand = nearest_support_pck(engine(version), train_set, held_set)
-        now = nearest_support_pck(engine(served), train_set, held_set)
+        cand = served_pck(engine(version), train_set, held_set, few)
+        now = served_pck(engine(served), train_set, held_set, few)
         evidence += [Paired(s.key, "heldout", c, n) for s, c, n in zip(held_set, cand, now, strict=True)]
     fresh = [s for s in train_set if s.key not in trained_before]
     earlier = [s for s in train_set if s.key in trained_before]
     if base is not None and base != served and fresh and earlier:  # the candidate's base, on the newest corrections
-        old = nearest_support_pck(engine(base), earlier, fresh)
-        now = nearest_support_pck(engine(served), earlier, fresh)
+        old = served_pck(engine(base), earlier, fresh, few)
+        now = served_pck(engine(served), earlier, fresh, few)
         evidence += [Paired(s.key, "prequential", o, n) for s, o, n in zip(fresh, old, now, strict=True)]
     promote, reason = decide(evidence, settings.rule)
     reason += f" (served: {served or 'default engine'})"

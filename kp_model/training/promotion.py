@@ -1,7 +1,7 @@
 """When a fine-tuned candidate may be served: only on enough paired evidence that it is better.
 
 Evidence is a list of images, each scored (PCK@0.2, kp_model.evaluation.metrics) by the candidate side and by the
-served model, both predicting from the image's nearest labelled support (as the few-shot service does):
+served model, both predicting as the few-shot service does (``served_errors``: the labelled images are the supports):
 
 - ``heldout``: the project's fixed held-out images, never trained on, scored by the candidate itself;
 - ``prequential``: the images corrected since the previous run, before anything trained on them, scored by the
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from kp_model.config import JsonConfig
-from kp_model.evaluation.metrics import support_errors
-from kp_model.fewshot import global_descriptor
+from kp_model.evaluation.metrics import normalised_errors, reference_box
+from kp_model.fewshot import FewShotConfig, FewShotPredictor
 from kp_model.predictor import Predictor
 from kp_model.training.data import TrainSample
 
@@ -96,30 +96,49 @@ def sign_test(wins: int, losses: int) -> float:
     return sum(math.comb(n, i) for i in range(wins, n + 1)) / 2**n if n else 1.0
 
 
-def nearest_support_errors(
-    make_predictor: Callable[[], Predictor], supports: Sequence[TrainSample], queries: Sequence[TrainSample]
+def served_errors(
+    make_predictor: Callable[[], Predictor],
+    supports: Sequence[TrainSample],
+    queries: Sequence[TrainSample],
+    fewshot: FewShotConfig | None = None,
 ) -> list[np.ndarray]:
-    """Per query, the normalised errors of its counted keypoints (kp_model.evaluation.metrics.support_errors) when
-    predicted from its nearest support by global descriptor: what the few-shot service serves (shortlist of 1),
-    with one ``set_support`` per support used."""
+    """Per query, the normalised errors (kp_model.evaluation.metrics) of its visible keypoints that the answer has,
+    predicted as the service predicts: one ``FewShotPredictor`` of ``make_predictor``'s engine with every support
+    (their visible keypoints), each query answered from its nearest support, checked by the next ones (the vote)."""
     if not supports:
         return [np.zeros(0) for _ in queries]
-    descriptors = np.stack([global_descriptor(s.image) for s in supports])
-    nearest = [int(np.argmax(descriptors @ global_descriptor(q.image))) for q in queries]
-    out: list[np.ndarray] = [np.zeros(0)] * len(queries)
-    for j in sorted(set(nearest)):
-        idx = [i for i, n in enumerate(nearest) if n == j]
-        for i, e in zip(idx, support_errors(make_predictor(), supports[j], [queries[i] for i in idx]), strict=True):
-            out[i] = e
+    predictor = FewShotPredictor(make_predictor, fewshot or FewShotConfig())
+    for i, s in enumerate(supports):
+        vis = np.asarray(s.visible, bool)
+        if vis.any():
+            names = [n for n, v in zip(s.names, vis, strict=True) if v]
+            predictor.add_support(f"{i}:{s.key}", s.image, np.asarray(s.keypoints, np.float64)[vis], names)
+    out = []
+    for q in queries:
+        [pred] = predictor.predict([q.image])
+        at = {n: i for i, n in enumerate(pred.names)}
+        answered = [
+            bool(v) and n in at and bool(np.isfinite(pred.points[at.get(n, 0)]).all())
+            for n, v in zip(q.names, q.visible, strict=True)
+        ]
+        counted = [i for i, ok in enumerate(answered) if ok]
+        if not counted:
+            out.append(np.zeros(0))
+            continue
+        box = reference_box(q.keypoints, q.visible, q.bbox)
+        points = pred.points[[at[q.names[i]] for i in counted]]
+        out.append(normalised_errors(points, np.asarray(q.keypoints, np.float64)[counted], box))
     return out
 
 
-def nearest_support_pck(
-    make_predictor: Callable[[], Predictor], supports: Sequence[TrainSample], queries: Sequence[TrainSample]
+def served_pck(
+    make_predictor: Callable[[], Predictor],
+    supports: Sequence[TrainSample],
+    queries: Sequence[TrainSample],
+    fewshot: FewShotConfig | None = None,
 ) -> list[float]:
-    """PCK@0.2 of each query predicted from its nearest support (``nearest_support_errors``); NaN for a query with
-    no counted keypoint."""
-    errors = nearest_support_errors(make_predictor, supports, queries)
+    """PCK@0.2 of each query predicted as served (``served_errors``); NaN for a query with no counted keypoint."""
+    errors = served_errors(make_predictor, supports, queries, fewshot)
     return [float(np.mean(e <= 0.2)) if len(e) else float("nan") for e in errors]
 
 

@@ -60,7 +60,7 @@ def test_supports_by_key_the_oldest_leave_beyond_the_cap() -> None:
 
 
 def test_the_nearest_support_answers() -> None:
-    p = FewShotPredictor(Recorder, FewShotConfig(shortlist=1))
+    p = FewShotPredictor(Recorder, FewShotConfig(shortlist=1, vote=False))  # the vote: the tests below
     for seed in (11, 12, 13):
         p.add_support(str(seed), scene(seed), np.array([[seed, 5.0]]), ["nose"])
     Recorder.asked = []
@@ -114,3 +114,54 @@ def test_reorder_keeps_points_scores_and_texts_together() -> None:
     out = reorder(pred, ["a", "c", "b"])
     np.testing.assert_array_equal(out.points, [[3, 4], [np.nan, np.nan], [1, 2]])
     assert out.scores.tolist() == [0.9, 0.0, 0.2] and out.texts == ["ta", "", "tb"]
+
+
+def _voters(poses: list[list[list[float]]], cfg: FewShotConfig | None = None) -> FewShotPredictor:
+    """Supports answering ``poses`` (nearest to ``scene(40)`` first: each image is scene(40) mixed with more noise)."""
+    p = FewShotPredictor(Recorder, cfg or FewShotConfig())
+    base, noise = scene(40).astype(float), scene(41).astype(float)
+    for rank, pose in enumerate(poses):
+        img = ((1 - 0.25 * rank) * base + 0.25 * rank * noise).astype(np.uint8)
+        img[0, 0, 0] = 50 + rank  # the Recorder's tag: 50 nearest, 51 second, 52 third
+        p.add_support(f"s{rank}", img, np.array(pose), ["nose", "tail"])
+    return p
+
+
+HEAD_TAIL = [[10.0, 10.0], [50.0, 10.0]]  # size 1.2 x 40 = 48 px: poses agree within 4.8 px
+TAIL_HEAD = [[50.0, 10.0], [10.0, 10.0]]
+
+
+def test_two_next_supports_that_agree_overturn_a_flipped_nearest() -> None:
+    p = _voters([TAIL_HEAD, HEAD_TAIL, [[11.0, 10.0], [51.0, 10.0]]])
+    Recorder.asked = []
+    [pred] = p.predict([scene(40)])
+    assert Recorder.asked == [50, 51, 52]
+    assert pred.points.tolist() == HEAD_TAIL  # the second's answer (equal scores: the second wins the tie)
+    assert pred.scores == pytest.approx([0.45, 0.45])  # 0.9 x disagree_factor 0.5
+
+
+def test_an_agreeing_second_support_settles_it_without_the_third() -> None:
+    p = _voters([HEAD_TAIL, [[12.0, 10.0], [52.0, 10.0]], TAIL_HEAD])
+    Recorder.asked = []
+    [pred] = p.predict([scene(40)])
+    assert Recorder.asked == [50, 51]
+    assert pred.points.tolist() == HEAD_TAIL and pred.scores == pytest.approx([0.9, 0.9])
+
+
+def test_a_split_vote_keeps_the_nearest_with_lower_scores() -> None:
+    p = _voters([HEAD_TAIL, TAIL_HEAD, [[30.0, 40.0], [30.0, 0.0]]])  # the next two disagree with each other too
+    [pred] = p.predict([scene(40)])
+    assert pred.points.tolist() == HEAD_TAIL and pred.scores == pytest.approx([0.45, 0.45])
+
+
+def test_no_vote_when_off_or_with_fewer_than_three_supports() -> None:
+    Recorder.asked = []
+    [pred] = _voters([TAIL_HEAD, HEAD_TAIL, HEAD_TAIL], FewShotConfig(vote=False)).predict([scene(40)])
+    assert Recorder.asked == [50] and pred.points.tolist() == TAIL_HEAD
+    Recorder.asked = []
+    [pred] = _voters([TAIL_HEAD, HEAD_TAIL]).predict([scene(40)])
+    assert Recorder.asked == [50] and pred.points.tolist() == TAIL_HEAD
+    with pytest.raises(ValueError, match="vote_agree"):
+        FewShotConfig(vote_agree=0)
+    with pytest.raises(ValueError, match="disagree_factor"):
+        FewShotConfig(disagree_factor=1.5)

@@ -1,10 +1,13 @@
-"""The promotion rule on fixed cases (kp_model.training.promotion.decide)."""
+"""The promotion rule on fixed cases (kp_model.training.promotion.decide), and evidence scored as served."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from kp_model.training.promotion import Paired, PromotionRule, decide, sign_test
+from kp_model.predictor import KeypointPrediction
+from kp_model.training.data import TrainSample
+from kp_model.training.promotion import Paired, PromotionRule, decide, served_errors, served_pck, sign_test
 
 NAN = float("nan")
 RULE = PromotionRule(min_images=3, margin=0.02)
@@ -59,3 +62,35 @@ def test_bad_rule_and_source_are_refused() -> None:
         PromotionRule(margin=2)
     with pytest.raises(ValueError, match="source"):
         Paired("x", "guess", 1.0, 0.0)
+
+
+class CopySupport:
+    """An engine that answers its support's keypoints wherever the query is."""
+
+    def __init__(self) -> None:
+        self.kps, self.names = np.zeros((0, 2)), []
+
+    is_support_set = property(lambda self: bool(self.names))
+    support_names = property(lambda self: list(self.names))
+
+    def set_support(self, image, keypoints, names) -> None:
+        self.kps, self.names = np.asarray(keypoints, float), list(names)
+
+    def predict(self, images):
+        return [KeypointPrediction(self.names, self.kps.copy(), np.ones(len(self.names))) for _ in images]
+
+
+def sample(seed: int, points: list[list[float]], visible: list[bool], key: str) -> TrainSample:
+    image = (np.random.default_rng(seed).random((60, 120, 3)) * 255).astype(np.uint8)
+    return TrainSample(image, np.array(points), np.array(visible), ["nose", "tail"], key=key, bbox=(0.0, 0.0, 100.0, 50.0))
+
+
+def test_evidence_is_scored_as_served_from_the_nearest_support() -> None:
+    supports = [sample(1, [[10, 10], [90, 10]], [True, True], "a"), sample(2, [[20, 40], [80, 40]], [True, False], "b")]
+    near_a = sample(1, [[10, 30], [90, 10]], [True, True], "q1")  # the same image as support a: a answers
+    near_b = sample(2, [[20, 40], [50, 40]], [True, True], "q2")  # b answers; b has no tail: only the nose counts
+    errors = served_errors(CopySupport, supports, [near_a, near_b])
+    # box 100 x 50: errors / 100; nose of q1 is 20 px off, its tail exact; q2's nose exact
+    assert [e.tolist() for e in errors] == [[0.2, 0.0], [0.0]]
+    assert served_pck(CopySupport, supports, [near_a, near_b]) == [1.0, 1.0]
+    assert np.isnan(served_pck(CopySupport, [], [near_a])[0])  # no support: nothing counted
