@@ -137,7 +137,7 @@ def test_two_next_supports_that_agree_overturn_a_flipped_nearest() -> None:
     [pred] = p.predict([scene(40)])
     assert Recorder.asked == [50, 51, 52]
     assert pred.points.tolist() == HEAD_TAIL  # the second's answer (equal scores: the second wins the tie)
-    assert pred.scores == pytest.approx([0.45, 0.45])  # 0.9 x disagree_factor 0.5
+    assert pred.scores == pytest.approx([0.9, 0.9])  # disagree_factor 1 by default
 
 
 def test_an_agreeing_second_support_settles_it_without_the_third() -> None:
@@ -148,8 +148,9 @@ def test_an_agreeing_second_support_settles_it_without_the_third() -> None:
     assert pred.points.tolist() == HEAD_TAIL and pred.scores == pytest.approx([0.9, 0.9])
 
 
-def test_a_split_vote_keeps_the_nearest_with_lower_scores() -> None:
-    p = _voters([HEAD_TAIL, TAIL_HEAD, [[30.0, 40.0], [30.0, 0.0]]])  # the next two disagree with each other too
+def test_a_split_vote_keeps_the_nearest_and_can_lower_its_scores() -> None:
+    cfg = FewShotConfig(disagree_factor=0.5)
+    p = _voters([HEAD_TAIL, TAIL_HEAD, [[30.0, 40.0], [30.0, 0.0]]], cfg)  # the next two disagree with each other too
     [pred] = p.predict([scene(40)])
     assert pred.points.tolist() == HEAD_TAIL and pred.scores == pytest.approx([0.45, 0.45])
 
