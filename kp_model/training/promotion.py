@@ -27,7 +27,7 @@ import numpy as np
 
 from kp_model.config import JsonConfig
 from kp_model.evaluation.metrics import normalised_errors, reference_box
-from kp_model.fewshot import FewShotConfig, FewShotPredictor
+from kp_model.fewshot import FewShotConfig, FewShotPredictor, reorder
 from kp_model.predictor import Predictor
 from kp_model.training.data import TrainSample
 
@@ -116,18 +116,13 @@ def served_errors(
     out = []
     for q in queries:
         [pred] = predictor.predict([q.image])
-        at = {n: i for i, n in enumerate(pred.names)}
-        answered = [
-            bool(v) and n in at and bool(np.isfinite(pred.points[at.get(n, 0)]).all())
-            for n, v in zip(q.names, q.visible, strict=True)
-        ]
-        counted = [i for i, ok in enumerate(answered) if ok]
-        if not counted:
+        points = reorder(pred, q.names).points  # (nan, nan) where the answer lacks the name
+        counted = np.asarray(q.visible, bool) & np.isfinite(points).all(axis=1)
+        if not counted.any():
             out.append(np.zeros(0))
             continue
         box = reference_box(q.keypoints, q.visible, q.bbox)
-        points = pred.points[[at[q.names[i]] for i in counted]]
-        out.append(normalised_errors(points, np.asarray(q.keypoints, np.float64)[counted], box))
+        out.append(normalised_errors(points[counted], np.asarray(q.keypoints, np.float64)[counted], box))
     return out
 
 
