@@ -177,13 +177,15 @@ def chunk_failed(job, connection, type, value, traceback) -> None:  # noqa: A002
 
 def _job_context(data_dir: str, ls_url: str):
     """(settings, PredictionService, Connection) of a job process, from the worker's environment."""
-    from backend.job_process import job_logging, limit_threads
+    from backend.job_process import background_priority, job_logging
     from backend.service import PredictionService
+    from kp_model.threads import limit_threads
 
     job_logging()
     settings = Settings.from_env()
     settings = replace(settings, data_dir=data_dir)
     limit_threads(settings.prelabel_threads)
+    background_priority(settings.job_nice)
     service = PredictionService(settings)
     service.training = TrainingQueue(settings)  # a project this process indexes first gets its reconcile queued
     conn = service.connection(ls_url)

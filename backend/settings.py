@@ -43,6 +43,7 @@ class Settings:
     promote_margin: float = 0.02  # KPASSIST_PROMOTE_MARGIN: mean per-image PCK@0.2 gain over the served model required
     lock_ttl: int = 30  # KPASSIST_LOCK_TTL: seconds a dead worker's project lock outlives it (renewed while alive)
     train_threads: int = 1  # KPASSIST_TRAIN_THREADS: torch/OpenCV threads of a training job (the rest serve /predict)
+    job_nice: int = 10  # KPASSIST_JOB_NICE: niceness (0-19) of training and pre-labelling jobs: /predict gets the CPU first
     max_loaded_models: int = 8  # KPASSIST_MAX_LOADED_MODELS: fine-tuned models kept loaded (least recently used dropped)
     max_supports: int = 256  # KPASSIST_MAX_SUPPORTS: support features cached, one per (project, control); LRU beyond
     max_support_mb: int = 1024  # KPASSIST_MAX_SUPPORT_MB: support features cached at most (MB); LRU beyond
@@ -94,6 +95,8 @@ class Settings:
             raise SettingsError(f"promote_margin (KPASSIST_PROMOTE_MARGIN) must be in [0, 1], got {self.promote_margin}")
         if not 0.0 <= self.rollback_margin <= 1.0:
             raise SettingsError(f"rollback_margin (KPASSIST_ROLLBACK_MARGIN) must be in [0, 1], got {self.rollback_margin}")
+        if not 0 <= self.job_nice <= 19:
+            raise SettingsError(f"job_nice (KPASSIST_JOB_NICE) must be in [0, 19], got {self.job_nice}")
         if not self.queue_name:
             raise SettingsError("queue_name (KPASSIST_QUEUE) must not be empty")
 
@@ -140,6 +143,7 @@ class Settings:
             "promote_min_images": "KPASSIST_PROMOTE_MIN_IMAGES",
             "promote_margin": "KPASSIST_PROMOTE_MARGIN",
             "train_threads": "KPASSIST_TRAIN_THREADS",
+            "job_nice": "KPASSIST_JOB_NICE",
             "max_loaded_models": "KPASSIST_MAX_LOADED_MODELS",
             "max_supports": "KPASSIST_MAX_SUPPORTS",
             "max_support_mb": "KPASSIST_MAX_SUPPORT_MB",

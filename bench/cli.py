@@ -17,7 +17,7 @@ THREADS_HELP = "torch/OpenCV threads, as KPASSIST_TRAIN_THREADS gives a training
 
 
 def limit_threads(n: int) -> None:
-    from backend.job_process import limit_threads as limit
+    from kp_model.threads import limit_threads as limit
 
     limit(n)
 

@@ -29,7 +29,7 @@ def test_training_threads_are_bounded_and_checked() -> None:
     import cv2
     import torch
 
-    from backend.job_process import limit_threads
+    from kp_model.threads import limit_threads
 
     assert Settings.from_env({"KPASSIST_TRAIN_THREADS": "2"}).train_threads == 2 and Settings().train_threads == 1
     with pytest.raises(SettingsError, match="train_threads"):
@@ -62,3 +62,28 @@ def test_boolean_settings() -> None:
     assert Settings.from_env({"KPASSIST_PRELABEL_ON_PROMOTE": "0"}).prelabel_on_promote is False
     with pytest.raises(SettingsError, match="KPASSIST_PRELABEL_ON_PROMOTE"):
         Settings.from_env({"KPASSIST_PRELABEL_ON_PROMOTE": "maybe"})
+
+
+def test_background_priority_raises_niceness_only() -> None:
+    import subprocess
+    import sys
+
+    assert Settings().job_nice == 10 and Settings.from_env({"KPASSIST_JOB_NICE": "0"}).job_nice == 0
+    with pytest.raises(SettingsError, match="job_nice"):
+        Settings.from_env({"KPASSIST_JOB_NICE": "20"})
+    # in a child process: a niceness raised here could not be lowered back for the other tests
+    code = (
+        "import os\n"
+        "from backend.job_process import background_priority\n"
+        "start = os.getpriority(os.PRIO_PROCESS, 0)\n"
+        "assert start < 7, start\n"
+        "assert background_priority(7) == 7 == os.getpriority(os.PRIO_PROCESS, 0)\n"
+        "assert background_priority(3) == 7 == os.getpriority(os.PRIO_PROCESS, 0)\n"
+        "try:\n"
+        "    background_priority(20)\n"
+        "except ValueError as exc:\n"
+        "    assert 'niceness' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('20 accepted')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -124,6 +124,7 @@ def test_enqueue_train_promote_and_serve_without_restart(project, loop) -> None:
     setup = loop["client"].post("/setup", json=loop["setup"]).json
     assert setup["model_version"].startswith(f"kptllm-p{pid}-v0001")
     assert "training" in done.stderr + done.stdout  # progress is logged
+    assert "at niceness 10" in done.stderr + done.stdout  # the job yields the CPU to /predict (KPASSIST_JOB_NICE)
 
 
 def test_the_evidence_rule_decides_promotion(project, loop) -> None:
