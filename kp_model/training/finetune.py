@@ -15,13 +15,22 @@ import numpy as np
 import torch
 
 from kp_model.build import PredictorConfig, build_predictor
+from kp_model.fewshot import FewShotPredictor
 from kp_model.kptllm.checkpoint import build_model, load_checkpoint, save_checkpoint
 from kp_model.kptllm.configuration import KptLLMConfig
 from kp_model.kptllm.semantics import semantic_text
 from kp_model.predictor import Predictor
 from kp_model.training.data import TrainingError, TrainSample
 from kp_model.training.loop import TrainConfig, train
-from kp_model.training.promotion import Paired, PromotionRule, decide, evidence_rows, served_pck
+from kp_model.training.promotion import (
+    Paired,
+    PromotionRule,
+    decide,
+    evidence_rows,
+    served_pck,
+    served_predictor,
+    support_key,
+)
 from kp_model.training.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -111,15 +120,18 @@ def run_finetune(
 
     few = settings.default.fewshot
     evidence = []
-    if held_set:  # the candidate itself, on images nobody trained on
-        cand = served_pck(engine(version), train_set, held_set, few)
-        now = served_pck(engine(served), train_set, held_set, few)
-        evidence += [Paired(s.key, "heldout", c, n) for s, c, n in zip(held_set, cand, now, strict=True)]
     fresh = [s for s in train_set if s.key not in trained_before]
     earlier = [s for s in train_set if s.key in trained_before]
-    if base is not None and base != served and fresh and earlier:  # the candidate's base, on the newest corrections
-        old = served_pck(engine(base), earlier, fresh, few)
-        now = served_pck(engine(served), earlier, fresh, few)
+    prequential = base is not None and base != served and bool(fresh) and bool(earlier)
+    now_all = served_predictor(engine(served), train_set, few) if held_set or prequential else None
+    if held_set:  # the candidate itself, on images nobody trained on
+        cand = served_pck(served_predictor(engine(version), train_set, few), held_set)
+        now = served_pck(now_all, held_set)
+        evidence += [Paired(s.key, "heldout", c, n) for s, c, n in zip(held_set, cand, now, strict=True)]
+    if prequential:  # the candidate's base, on the newest corrections
+        old = served_pck(served_predictor(engine(base), earlier, few), fresh)
+        before = _without(now_all, train_set, {s.key for s in fresh}, lambda: served_predictor(engine(served), earlier, few))
+        now = served_pck(before, fresh)
         evidence += [Paired(s.key, "prequential", o, n) for s, o, n in zip(fresh, old, now, strict=True)]
     promote, reason = decide(evidence, settings.rule)
     reason += f" (served: {served or 'default engine'})"
@@ -154,3 +166,21 @@ def run_finetune(
         store.promote(version)
     log.info("version %s: %s (%s)", version, record["decision"], reason)
     return {**record, "version": version}
+
+
+def _without(
+    predictor: FewShotPredictor | None,
+    supports: list[TrainSample],
+    drop: set[str],
+    rebuild: Callable[[], FewShotPredictor | None],
+) -> FewShotPredictor | None:
+    """``predictor`` (``served_predictor`` of ``supports``) without the supports whose sample key is in ``drop``, its
+    features shared, not recomputed; ``rebuild()`` instead when its cap evicted some of ``supports`` (the ones it
+    would keep without ``drop`` are not those the service keeps)."""
+    if predictor is None or len(predictor.support_keys) < sum(bool(np.asarray(s.visible).any()) for s in supports):
+        return rebuild()
+    out = predictor.copy()
+    for i, s in enumerate(supports):
+        if s.key in drop:
+            out.remove_support(support_key(i, s))
+    return out if out.is_support_set else None

@@ -96,23 +96,32 @@ def sign_test(wins: int, losses: int) -> float:
     return sum(math.comb(n, i) for i in range(wins, n + 1)) / 2**n if n else 1.0
 
 
-def served_errors(
-    make_predictor: Callable[[], Predictor],
-    supports: Sequence[TrainSample],
-    queries: Sequence[TrainSample],
-    fewshot: FewShotConfig | None = None,
-) -> list[np.ndarray]:
-    """Per query, the normalised errors (kp_model.evaluation.metrics) of its visible keypoints that the answer has,
-    predicted as the service predicts: one ``FewShotPredictor`` of ``make_predictor``'s engine with every support
-    (their visible keypoints), each query answered from its nearest support, checked by the next ones (the vote)."""
-    if not supports:
-        return [np.zeros(0) for _ in queries]
+def support_key(index: int, sample: TrainSample) -> str:
+    """The key of ``sample``, the ``index``-th support of ``served_predictor`` (a COCO image's individuals share one
+    sample key, so the position keeps them apart)."""
+    return f"{index}:{sample.key}"
+
+
+def served_predictor(
+    make_predictor: Callable[[], Predictor], supports: Sequence[TrainSample], fewshot: FewShotConfig | None = None
+) -> FewShotPredictor | None:
+    """The predictor as the service builds it: one ``FewShotPredictor`` of ``make_predictor``'s engine with every
+    support's visible keypoints (keys ``support_key``); None when no support has a visible keypoint."""
     predictor = FewShotPredictor(make_predictor, fewshot or FewShotConfig())
     for i, s in enumerate(supports):
         vis = np.asarray(s.visible, bool)
         if vis.any():
             names = [n for n, v in zip(s.names, vis, strict=True) if v]
-            predictor.add_support(f"{i}:{s.key}", s.image, np.asarray(s.keypoints, np.float64)[vis], names)
+            predictor.add_support(support_key(i, s), s.image, np.asarray(s.keypoints, np.float64)[vis], names)
+    return predictor if predictor.is_support_set else None
+
+
+def served_errors(predictor: FewShotPredictor | None, queries: Sequence[TrainSample]) -> list[np.ndarray]:
+    """Per query, the normalised errors (kp_model.evaluation.metrics) of its visible keypoints that the answer has,
+    predicted by ``predictor`` (``served_predictor``: each query answered from its nearest support, checked by the
+    next ones, the vote); no error at all for every query when there is no predictor (no support)."""
+    if predictor is None:
+        return [np.zeros(0) for _ in queries]
     out = []
     for q in queries:
         [pred] = predictor.predict([q.image])
@@ -126,15 +135,9 @@ def served_errors(
     return out
 
 
-def served_pck(
-    make_predictor: Callable[[], Predictor],
-    supports: Sequence[TrainSample],
-    queries: Sequence[TrainSample],
-    fewshot: FewShotConfig | None = None,
-) -> list[float]:
+def served_pck(predictor: FewShotPredictor | None, queries: Sequence[TrainSample]) -> list[float]:
     """PCK@0.2 of each query predicted as served (``served_errors``); NaN for a query with no counted keypoint."""
-    errors = served_errors(make_predictor, supports, queries, fewshot)
-    return [float(np.mean(e <= 0.2)) if len(e) else float("nan") for e in errors]
+    return [float(np.mean(e <= 0.2)) if len(e) else float("nan") for e in served_errors(predictor, queries)]
 
 
 def evidence_rows(evidence: Sequence[Paired]) -> list[dict]:

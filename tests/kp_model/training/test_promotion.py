@@ -7,7 +7,15 @@ import pytest
 
 from kp_model.predictor import KeypointPrediction
 from kp_model.training.data import TrainSample
-from kp_model.training.promotion import Paired, PromotionRule, decide, served_errors, served_pck, sign_test
+from kp_model.training.promotion import (
+    Paired,
+    PromotionRule,
+    decide,
+    served_errors,
+    served_pck,
+    served_predictor,
+    sign_test,
+)
 
 NAN = float("nan")
 RULE = PromotionRule(min_images=3, margin=0.02)
@@ -89,8 +97,13 @@ def test_evidence_is_scored_as_served_from_the_nearest_support() -> None:
     supports = [sample(1, [[10, 10], [90, 10]], [True, True], "a"), sample(2, [[20, 40], [80, 40]], [True, False], "b")]
     near_a = sample(1, [[10, 30], [90, 10]], [True, True], "q1")  # the same image as support a: a answers
     near_b = sample(2, [[20, 40], [50, 40]], [True, True], "q2")  # b answers; b has no tail: only the nose counts
-    errors = served_errors(CopySupport, supports, [near_a, near_b])
+    predictor = served_predictor(CopySupport, supports)
+    assert predictor is not None and predictor.support_keys == ["0:a", "1:b"]
+    errors = served_errors(predictor, [near_a, near_b])
     # box 100 x 50: errors / 100; nose of q1 is 20 px off, its tail exact; q2's nose exact
     assert [e.tolist() for e in errors] == [[0.2, 0.0], [0.0]]
-    assert served_pck(CopySupport, supports, [near_a, near_b]) == [1.0, 1.0]
-    assert np.isnan(served_pck(CopySupport, [], [near_a])[0])  # no support: nothing counted
+    assert served_pck(predictor, [near_a, near_b]) == [1.0, 1.0]
+    assert served_predictor(CopySupport, []) is None
+    assert np.isnan(served_pck(None, [near_a])[0])  # no support: nothing counted
+    hidden = sample(3, [[0, 0], [0, 0]], [False, False], "c")
+    assert served_predictor(CopySupport, [hidden]) is None  # no visible keypoint: no support either
