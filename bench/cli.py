@@ -255,13 +255,13 @@ def bench_scale_ls(args: argparse.Namespace) -> int:
 def bench_contention(args: argparse.Namespace) -> int:
     from bench.contention import run_contention_bench
 
-    report = run_contention_bench(Path(args.data), tuple(args.threads), args.steps, args.repeats)
+    report = run_contention_bench(Path(args.data), tuple(args.threads), args.steps, args.repeats, tuple(args.nice))
     _write(report, args.out)
     for row in report["settings"]:
         nan = float("nan")
         idle, busy = row["idle"]["p50_s"], (row["while_training"] or {}).get("p50_s", nan)
         ratio, train = row.get("p50_ratio", nan), row["train_seconds"] or nan
-        head = f"train threads {row['train_threads']}: /predict p50 {idle:.2f} s idle"
+        head = f"train threads {row['train_threads']}, nice {row['job_nice']}: /predict p50 {idle:.2f} s idle"
         print(f"{head}, {busy:.2f} s while training (x{ratio:.2f}); training took {train:.0f} s")
     return 0
 
@@ -368,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     b.add_argument("--steps", type=int, default=300, help="KPASSIST_TRAIN_STEPS of the training job")
     b.add_argument("--repeats", type=int, default=15)
+    b.add_argument("--nice", type=int, nargs="+", default=[0, 10], help="KPASSIST_JOB_NICE values (0: no priority)")
     b.add_argument("--out", default="bench-out/contention.json")
     b.set_defaults(func=bench_contention)
     args = parser.parse_args(argv)

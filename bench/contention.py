@@ -1,5 +1,6 @@
 """Does training starve serving? /predict latency (one task, support cached) through the real backend, idle and while
-the backend's own RQ worker fine-tunes the project, for several KPASSIST_TRAIN_THREADS values, on one machine.
+the backend's own RQ worker fine-tunes the project, for several KPASSIST_TRAIN_THREADS and KPASSIST_JOB_NICE values
+(niceness 0: the job competes with /predict as an equal), on one machine.
 
 A real Label Studio holds a mouse project with 6 annotated frames; each setting gets a fresh backend (`kpassist serve`
 with its worker) and one START_TRAINING webhook."""
@@ -32,7 +33,9 @@ def _jobs(url: str, pid: int) -> list[dict]:
     return requests.get(f"{url}/kpassist/projects/{pid}/jobs", timeout=30).json()["jobs"]
 
 
-def run_contention_bench(data: Path, threads: tuple[int, ...] = (1, 2), steps: int = 300, repeats: int = 15) -> dict:
+def run_contention_bench(
+    data: Path, threads: tuple[int, ...] = (1, 2), steps: int = 300, repeats: int = 15, nice: tuple[int, ...] = (10,)
+) -> dict:
     folder = data / "dlc__openfield_mouse"
     coco = json.loads((folder / "annotations.json").read_text())
     by_name = {img["file_name"]: img for img in coco["images"]}
@@ -49,15 +52,16 @@ def run_contention_bench(data: Path, threads: tuple[int, ...] = (1, 2), steps: i
             kps = np.asarray(gt[info["id"]]["keypoints"]).reshape(-1, 3)
             api.annotate(task["id"], kps, names, info["width"], info["height"])
         query = tasks[-1]
-        for n in threads:
+        for n, level in ((n, level) for level in nice for n in threads):
             queue = f"kpassist-contention-{uuid.uuid4().hex[:6]}"
             env = {
                 "LABEL_STUDIO_URL": ls_url,
                 "LABEL_STUDIO_API_KEY": token,
                 "KPASSIST_QUEUE": queue,
                 "KPASSIST_TRAIN_THREADS": str(n),
+                "KPASSIST_JOB_NICE": str(level),
                 "KPASSIST_TRAIN_STEPS": str(steps),
-                "KPASSIST_DATA_DIR": str(Path(tmp) / f"var-{n}"),
+                "KPASSIST_DATA_DIR": str(Path(tmp) / f"var-{n}-{level}"),
             }
             try:
                 with serve_backend(Path(tmp), env, args=()) as (url, _):
@@ -91,6 +95,7 @@ def run_contention_bench(data: Path, threads: tuple[int, ...] = (1, 2), steps: i
                     train_s = versions[-1]["train_seconds"] if versions else None
                     row = {
                         "train_threads": n,
+                        "job_nice": level,
                         "idle": percentiles(idle),
                         "while_training": percentiles(busy) if busy else None,
                         "train_seconds": train_s,
@@ -98,7 +103,8 @@ def run_contention_bench(data: Path, threads: tuple[int, ...] = (1, 2), steps: i
                     if busy:
                         row["p50_ratio"] = row["while_training"]["p50_s"] / row["idle"]["p50_s"]
                         row["p95_ratio"] = row["while_training"]["p95_s"] / row["idle"]["p95_s"]
-                    log.info("train threads %d: %s", n, {k: v for k, v in row.items() if "ratio" in k or k == "train_seconds"})
+                    shown = {k: v for k, v in row.items() if "ratio" in k or k == "train_seconds"}
+                    log.info("train threads %d, nice %d: %s", n, level, shown)
                     report["settings"].append(row)
             finally:
                 clear_namespace("redis://127.0.0.1:6379/0", queue)
