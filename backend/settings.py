@@ -42,7 +42,7 @@ class Settings:
     promote_min_images: int = 3  # KPASSIST_PROMOTE_MIN_IMAGES: evidence images a candidate needs before it can be served
     promote_margin: float = 0.02  # KPASSIST_PROMOTE_MARGIN: mean per-image PCK@0.2 gain over the served model required
     lock_ttl: int = 30  # KPASSIST_LOCK_TTL: seconds a dead worker's project lock outlives it (renewed while alive)
-    train_threads: int = 1  # KPASSIST_TRAIN_THREADS: torch/OpenCV threads of a training job (the rest serve /predict)
+    train_threads: int = 2  # KPASSIST_TRAIN_THREADS: torch/OpenCV threads of a training job (1: bit-reproducible weights)
     job_nice: int = 10  # KPASSIST_JOB_NICE: niceness (0-19) of training and pre-labelling jobs: /predict gets the CPU first
     max_loaded_models: int = 8  # KPASSIST_MAX_LOADED_MODELS: fine-tuned models kept loaded (least recently used dropped)
     max_supports: int = 256  # KPASSIST_MAX_SUPPORTS: support features cached, one per (project, control); LRU beyond

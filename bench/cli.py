@@ -13,7 +13,7 @@ from pathlib import Path
 
 log = logging.getLogger("kpassist.bench")
 
-THREADS_HELP = "torch/OpenCV threads, as KPASSIST_TRAIN_THREADS gives a training job; 1 is also reproducible run to run"
+THREADS_HELP = "torch/OpenCV threads, as KPASSIST_TRAIN_THREADS gives a training job; only 1 is reproducible run to run"
 
 
 def limit_threads(n: int) -> None:
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--data", default="../shared/data/dlc__openfield_mouse", help="one COCO keypoint folder (a video)")
     b.add_argument("--k", type=int, nargs="+", default=[1, 2, 5, 10, 20])
     b.add_argument("--steps", type=int, default=300, help="optimiser steps per retraining (warm-started)")
-    b.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    b.add_argument("--threads", type=int, default=2, help=THREADS_HELP + " (default: a training job's default)")
     b.add_argument("--orders", nargs="+", choices=["random", "spread"], default=["random", "spread"], help="labelling orders")
     b.add_argument("--sleap-venv", default=None, help="peer column: a virtualenv with sleap-nn (bench/peer.py says how)")
     b.add_argument("--peer-steps", type=int, default=600, help="sleap-nn training steps per k (from scratch)")

@@ -31,7 +31,7 @@ def test_training_threads_are_bounded_and_checked() -> None:
 
     from kp_model.threads import limit_threads
 
-    assert Settings.from_env({"KPASSIST_TRAIN_THREADS": "2"}).train_threads == 2 and Settings().train_threads == 1
+    assert Settings.from_env({"KPASSIST_TRAIN_THREADS": "1"}).train_threads == 1 and Settings().train_threads == 2
     with pytest.raises(SettingsError, match="train_threads"):
         Settings.from_env({"KPASSIST_TRAIN_THREADS": "0"})
     from threadpoolctl import threadpool_info, threadpool_limits
