@@ -124,7 +124,8 @@ def test_enqueue_train_promote_and_serve_without_restart(project, loop) -> None:
     setup = loop["client"].post("/setup", json=loop["setup"]).json
     assert setup["model_version"].startswith(f"kptllm-p{pid}-v0001")
     assert "training" in done.stderr + done.stdout  # progress is logged
-    assert "at niceness 10" in done.stderr + done.stdout  # the job yields the CPU to /predict (KPASSIST_JOB_NICE)
+    nice = max(10, os.getpriority(os.PRIO_PROCESS, 0))  # KPASSIST_JOB_NICE's default, or the tests' own if higher
+    assert f"at niceness {nice}" in done.stderr + done.stdout  # the job yields the CPU to /predict
 
 
 def test_the_evidence_rule_decides_promotion(project, loop) -> None:
