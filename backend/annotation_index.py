@@ -130,15 +130,14 @@ class AnnotationIndex:
         """Make the index what Label Studio holds: ``tasks`` are every annotated task of the project with their
         ``annotations`` (read after ``started``, epoch seconds). Rows no reconcile or webhook wrote since ``started``
         are removed; annotations deleted (tombstoned) since ``started`` are not re-added."""
-        seen = 0
+        # read every page first (Label Studio requests, no lock held), then tombstones and writes under one write
+        # lock: a deletion webhook is either committed before (its tombstone is seen here) or after (it deletes the
+        # row this writes). Tombstones read before the pages would miss a deletion made while they were read.
+        read = [(ann, task) for task in tasks for ann in (task.get("annotations") or []) if isinstance(ann, dict)]
         with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
             dead = {r[0] for r in db.execute("SELECT id FROM tombstones WHERE deleted >= ?", (started,))}
-            pairs = [
-                (ann, task)
-                for task in tasks
-                for ann in (task.get("annotations") or [])
-                if isinstance(ann, dict) and ann.get("id") not in dead
-            ]
+            pairs = [(ann, task) for ann, task in read if ann.get("id") not in dead]
             seen = len(pairs)
             written = self._upsert_many(pairs, time.time(), db)  # an unchanged row is rewritten too (same stamp: >=)
             removed = db.execute("DELETE FROM annotations WHERE written < ?", (started,)).rowcount

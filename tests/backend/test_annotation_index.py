@@ -69,6 +69,25 @@ def test_reconcile_adds_updates_removes_but_keeps_what_webhooks_wrote_meanwhile(
     assert index.reconciled_at is not None
 
 
+def test_a_deletion_while_the_reconcile_reads_label_studio_stays_deleted(tmp_path: Path) -> None:
+    """The race a real LS showed (tests/e2e/test_annotation_index.py): the reconcile has read the page holding an
+    annotation when its deletion webhook arrives; the reconcile must not write it back."""
+    index = AnnotationIndex(tmp_path, 1)
+    index.upsert(ann(1, 10, "2026-01-01T10:00:00Z"), task(10))
+    index.upsert(ann(2, 11, "2026-01-01T11:00:00Z"), task(11))
+    started = time.time()
+
+    def pages():  # Label Studio's pages, read one by one; annotation 2's deletion webhook comes after its page
+        yield {**task(10), "annotations": [ann(1, 10, "2026-01-01T10:00:00Z")]}
+        yield {**task(11), "annotations": [ann(2, 11, "2026-01-01T11:00:00Z")]}
+        index.delete([2])
+        yield {**task(12), "annotations": [ann(3, 12, "2026-01-01T12:00:00Z")]}
+
+    counts = index.reconcile(pages(), started)
+    assert [t["annotations"][0]["id"] for t in index.recent_tasks()] == [3, 1]
+    assert counts["seen"] == 2 and index.count() == 2
+
+
 class CountingClient:
     """Stands in for LabelStudioClient: counts requests and serves a fixed list of annotated tasks."""
 
