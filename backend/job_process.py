@@ -1,10 +1,12 @@
-"""What every RQ job process sets up first: logging for kpassist's loggers and a background CPU priority (compute
-threads are bounded with kp_model.threads.limit_threads)."""
+"""What every compute-bound RQ job process sets up first (``start_job``): logging for kpassist's loggers, bounded
+compute threads and a background CPU priority."""
 
 from __future__ import annotations
 
 import logging
 import os
+
+from kp_model.threads import limit_threads
 
 log = logging.getLogger(__name__)
 
@@ -29,3 +31,11 @@ def background_priority(nice: int) -> int:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
         log.debug("job process %d: niceness %d -> %d", os.getpid(), now, nice)
     return max(now, nice)
+
+
+def start_job(threads: int, nice: int) -> int:
+    """Set up a compute-bound job's process: ``job_logging``, at most ``threads`` compute threads
+    (kp_model.threads.limit_threads), niceness at least ``nice`` (``background_priority``); returns the niceness."""
+    job_logging()
+    limit_threads(threads)
+    return background_priority(nice)

@@ -21,7 +21,7 @@ from redis.exceptions import LockError, RedisError
 
 from backend.convert import percent_to_pixels
 from backend.events import EventLog
-from backend.job_process import background_priority, job_logging
+from backend.job_process import start_job
 from backend.label_config import KeypointControl, parse_keypoint_controls
 from backend.service import PredictionService, project_store
 from backend.settings import Settings
@@ -30,7 +30,6 @@ from backend.training_queue import lock_key, pending_key, redis_connection
 from kp_model.config import ConfigError, config_from_dict
 from kp_model.images import ImageLoadError
 from kp_model.kptllm.configuration import KptLLMConfig, tiny_config
-from kp_model.threads import limit_threads
 from kp_model.training.data import TrainSample
 from kp_model.training.finetune import FinetuneSettings, run_finetune
 from kp_model.training.loop import TrainConfig
@@ -162,10 +161,8 @@ class LockKeeper:
 
 def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
     """Fine-tune the project's model from its Label Studio annotations; returns the version record."""
-    job_logging()
     settings = Settings.from_env()
-    limit_threads(settings.train_threads)
-    nice = background_priority(settings.job_nice)
+    nice = start_job(settings.train_threads, settings.job_nice)
     log.info("project %s: training job with %d thread(s) at niceness %d", project, settings.train_threads, nice)
     redis = redis_connection(settings.redis_url)
     _set_meta(stage="waiting for the project lock")

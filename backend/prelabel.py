@@ -177,15 +177,11 @@ def chunk_failed(job, connection, type, value, traceback) -> None:  # noqa: A002
 
 def _job_context(data_dir: str, ls_url: str):
     """(settings, PredictionService, Connection) of a job process, from the worker's environment."""
-    from backend.job_process import background_priority, job_logging
+    from backend.job_process import start_job
     from backend.service import PredictionService
-    from kp_model.threads import limit_threads
 
-    job_logging()
-    settings = Settings.from_env()
-    settings = replace(settings, data_dir=data_dir)
-    limit_threads(settings.prelabel_threads)
-    background_priority(settings.job_nice)
+    settings = replace(Settings.from_env(), data_dir=data_dir)
+    start_job(settings.prelabel_threads, settings.job_nice)
     service = PredictionService(settings)
     service.training = TrainingQueue(settings)  # a project this process indexes first gets its reconcile queued
     conn = service.connection(ls_url)
