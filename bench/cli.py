@@ -372,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="bench-out/contention.json")
     b.set_defaults(func=bench_contention)
     args = parser.parse_args(argv)
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).is_dir():  # found before a run of minutes, not when its report is written
+        parser.error(f"--out {out} is a folder: name the JSON report file, e.g. {Path(out) / 'report.json'}")
     return int(args.func(args))
 
 

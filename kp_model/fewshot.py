@@ -3,15 +3,19 @@ against the few supports nearest to it by a cheap global image descriptor (on a 
 and their answers are fused per keypoint: the answer most supports agree on wins, and supports that disagree on a
 keypoint lower its score (so scores rank errors). With one support shortlisted (the default), the next nearest
 supports check its pose (``vote``): two that agree with each other against it replace it (a head/tail flip of the
-nearest frame's match).
+nearest frame's match). In the nearest support's scene (a video), the answer is then checked against the support it
+came from by appearance (``verify``, kp_model.appearance): when it correlates poorly, the next nearest supports answer
+too and the one whose answer looks most like its own support replaces it by a margin; scores are scaled by the
+correlation (so flips and misses rank low; with one support too). Last, each keypoint is averaged with the next
+nearest supports' answers that fall near it (``blend``).
 
 predictor = FewShotPredictor(lambda: build_predictor(cfg))
 predictor.add_support("12", image, keypoints, names)    # one per labelled image, features cached per key
 predictor.remove_support("12")                          # a deleted annotation leaves; the others stay cached
 [pred] = predictor.predict([query])
 
-The cost of a query grows with ``shortlist`` (and the vote's 1-2 extra matches), not with the number of supports (one
-dot product each).
+The cost of a query grows with ``shortlist`` (in a video: ``blend_supports`` matches, and ``verify_supports`` for
+the queries whose answer fails the check), not with the number of supports (one dot product each).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from kp_model.appearance import SupportAppearance, appearance_score, smooth_grey, support_appearance
 from kp_model.config import JsonConfig
 from kp_model.oneshot.instances import RankedInstancePredictor, count_instances, merge_ranked
 from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError, predict_instances, validate_support
@@ -45,6 +50,20 @@ class FewShotConfig(JsonConfig):
     vote_agree: float = 0.1  # two poses agree when their mean keypoint distance is <= this x the support's size
     disagree_factor: float = 1.0  # scores x this when the 2nd nearest's pose disagrees with the answer; 0.5 ranked the
     # errors worse in `kpassist bench fewshot` (mouse AUROC 0.72 -> 0.63 at k = 5), so it is off by default
+    verify_supports: int = 6  # shortlist 1, the nearest's scene: supports whose answers compete when the answer fails
+    # the appearance check (1 = no check; chosen on the mouse video's first half of frames: more found more flips)
+    verify_scene: float = 0.8  # the check runs when the nearest support's global similarity is at least this (the
+    # same scene: a fixed-camera video); other individuals differ in grey level, which the check reads
+    verify_below: float = 0.7  # the answer fails the check when its correlation with its support is below this
+    verify_margin: float = 0.2  # another support's answer replaces it when its correlation is higher by this much
+    verify_score_power: float = 2.0  # checked answers' scores x their correlation (floored at 0) to this power, one
+    # support or many: flips rank low (0: scores as the engine gives them). Chosen on the mouse's first half of frames:
+    # the correlation ranks bad tasks better than the engine's scores at k = 1-2, the product at k = 20; 4 ranked a
+    # little better but pushed some right answers under KPASSIST_SCORE_THRESHOLD at k = 1 (their points left out)
+    blend_supports: int = 4  # shortlist 1, the nearest's scene: each keypoint is averaged with the answers, among
+    # those of the blend_supports nearest supports, that fall within blend_radius of it (1 = off; chosen on the mouse's
+    # first half of frames among 3-6 supports and radii 0.2-0.4)
+    blend_radius: float = 0.3  # x the nearest support's size: farther answers of a keypoint are other guesses, not noise
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -63,6 +82,20 @@ class FewShotConfig(JsonConfig):
             raise ValueError(f"vote_agree must be > 0, got {self.vote_agree}")
         if not 0 <= self.disagree_factor <= 1:
             raise ValueError(f"disagree_factor must be in [0, 1], got {self.disagree_factor}")
+        if self.verify_supports < 1:
+            raise ValueError(f"verify_supports must be >= 1, got {self.verify_supports}")
+        if not -1 <= self.verify_scene <= 1:
+            raise ValueError(f"verify_scene must be in [-1, 1], got {self.verify_scene}")
+        if not -1 <= self.verify_below <= 1:
+            raise ValueError(f"verify_below must be in [-1, 1], got {self.verify_below}")
+        if self.verify_margin < 0:
+            raise ValueError(f"verify_margin must be >= 0, got {self.verify_margin}")
+        if self.verify_score_power < 0:
+            raise ValueError(f"verify_score_power must be >= 0, got {self.verify_score_power}")
+        if self.blend_supports < 1:
+            raise ValueError(f"blend_supports must be >= 1, got {self.blend_supports}")
+        if self.blend_radius <= 0:
+            raise ValueError(f"blend_radius must be > 0, got {self.blend_radius}")
 
 
 def global_descriptor(image: np.ndarray) -> np.ndarray:
@@ -80,6 +113,7 @@ class _Support:
     descriptor: np.ndarray
     names: list[str]
     size: float  # px: the longer side of its keypoints' extent x 1.2 (about its reference box)
+    appearance: SupportAppearance  # its region's grey levels, for the appearance check of answers it gives
 
 
 class FewShotPredictor:
@@ -140,7 +174,8 @@ class FewShotPredictor:
         predictor.set_support(image, kps, list(names))
         self._supports.pop(key, None)
         size = 1.2 * max(float(np.ptp(kps, axis=0).max()), 1.0)
-        self._supports[key] = _Support(predictor, global_descriptor(image), list(names), size)
+        appearance = support_appearance(np.asarray(image), kps)
+        self._supports[key] = _Support(predictor, global_descriptor(image), list(names), size, appearance)
         while len(self._supports) > self.cfg.max_supports:
             self._supports.popitem(last=False)
 
@@ -195,34 +230,90 @@ class FewShotPredictor:
     def _predict_one(self, image: np.ndarray) -> KeypointPrediction:
         t0 = time.perf_counter()
         names = self.support_names
-        vote = self.cfg.vote and self.cfg.shortlist == 1 and len(self._supports) >= 3
-        ranked = self.nearest(image, 3 if vote else self.cfg.shortlist)
-        answers = []
-        for key, sim in ranked[: self.cfg.shortlist]:
-            [pred] = self._supports[key].predictor.predict([image])
-            answers.append((pred, sim))
-        points, scores = fuse(answers, names, self.cfg)
+        cfg = self.cfg
+        single = cfg.shortlist == 1
+        vote = cfg.vote and single and len(self._supports) >= 3
+        more = max(cfg.verify_supports, cfg.blend_supports) if single else 1
+        ranked = self.nearest(image, max(cfg.shortlist, 3 if vote else 1, more))
+        keys = [key for key, _ in ranked]
+        asked: dict[str, KeypointPrediction] = {}
+
+        def ask(key: str) -> KeypointPrediction:  # each support asked at most once per query
+            if key not in asked:
+                [asked[key]] = self._supports[key].predictor.predict([image])
+            return asked[key]
+
+        def answer(key: str) -> KeypointPrediction:
+            return reorder(ask(key), names)
+
+        points, scores = fuse([(ask(key), sim) for key, sim in ranked[: cfg.shortlist]], names, cfg)
+        source = keys[0]  # with one support shortlisted: the support the answer came from
         if vote:
-            points, scores = self._vote(image, names, points, scores, [key for key, _ in ranked])
+            points, scores, source = self._vote(answer, points, scores, keys)
+        if single and ranked[0][1] >= cfg.verify_scene:  # the nearest support's scene: a video
+            if cfg.verify_supports > 1:
+                points, scores, source = self._verify(answer, smooth_grey(image), names, points, scores, source, keys)
+            if cfg.blend_supports > 1:
+                others = [answer(key).points for key in keys[: cfg.blend_supports] if key != source]
+                points = blend(points, others, cfg.blend_radius * self._supports[keys[0]].size)
         return KeypointPrediction(names, points, scores, time.perf_counter() - t0)
 
     def _vote(
-        self, image: np.ndarray, names: list[str], points: np.ndarray, scores: np.ndarray, keys: list[str]
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, answer: Callable[[str], KeypointPrediction], points: np.ndarray, scores: np.ndarray, keys: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, str]:
         """The nearest support's answer (points (K, 2) px, scores (K,)) checked by the next two (``keys``, nearest
-        first): the 2nd is always asked; only when it disagrees is the 3rd, and when the 3rd agrees with the 2nd
-        and not with the nearest, the better scored of the two replaces the answer. Scores x ``disagree_factor``
-        whenever the 2nd disagreed."""
+        first; ``answer(key)``: that support's answer in the fused keypoint order): the 2nd is always asked; only
+        when it disagrees is the 3rd, and when the 3rd agrees with the 2nd and not with the nearest, the better
+        scored of the two replaces the answer. Scores x ``disagree_factor`` whenever the 2nd disagreed. Returns
+        points, scores and the key of the support they came from."""
         size = self._supports[keys[0]].size
-        second = reorder(self._supports[keys[1]].predictor.predict([image])[0], names)
+        second = answer(keys[1])
         if pose_distance(points, second.points) <= self.cfg.vote_agree * size:
-            return points, scores
-        third = reorder(self._supports[keys[2]].predictor.predict([image])[0], names)
+            return points, scores, keys[0]
+        third = answer(keys[2])
         factor = self.cfg.disagree_factor
         if pose_distance(second.points, third.points) <= self.cfg.vote_agree * size < pose_distance(points, third.points):
-            best = second if second.score >= third.score else third
-            return best.points, best.scores * factor
-        return points, scores * factor
+            key, best = (keys[1], second) if second.score >= third.score else (keys[2], third)
+            return best.points, best.scores * factor, key
+        return points, scores * factor, keys[0]
+
+    def _verify(
+        self,
+        answer: Callable[[str], KeypointPrediction],
+        grey: np.ndarray,
+        names: list[str],
+        points: np.ndarray,
+        scores: np.ndarray,
+        source: str,
+        keys: list[str],
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """The appearance check of the answer (points (K, 2) px in ``names`` order, scores (K,)) from support
+        ``source``, against that support (kp_model.appearance; ``grey``: the query's ``smooth_grey``). Below
+        ``verify_below``, every support of ``keys`` (the nearest ``verify_supports``) answers and the one whose answer
+        correlates best with its own support replaces it when better by ``verify_margin``. The scores kept are scaled
+        by their answer's correlation (floored at 0) to the power ``verify_score_power`` (a NaN correlation leaves
+        them). Returns points, scores and the key of the support they came from."""
+        cfg = self.cfg
+        best = self._correlation(source, grey, points, names)
+        if best < cfg.verify_below:
+            incumbent = best
+            for key in keys[: cfg.verify_supports]:
+                if key == source:
+                    continue
+                pred = answer(key)
+                ncc = self._correlation(key, grey, pred.points, names)
+                if ncc > max(best, incumbent + cfg.verify_margin):
+                    best, points, scores, source = ncc, pred.points, pred.scores, key
+        if cfg.verify_score_power > 0 and np.isfinite(best):
+            scores = scores * max(best, 0.0) ** cfg.verify_score_power
+        return points, scores, source
+
+    def _correlation(self, key: str, grey: np.ndarray, points: np.ndarray, names: list[str]) -> float:
+        """kp_model.appearance.appearance_score of an answer (points (K, 2) px in ``names`` order) against support
+        ``key``'s region."""
+        support = self._supports[key]
+        own = np.array([points[names.index(n)] for n in support.names])
+        return appearance_score(support.appearance, grey, own)
 
 
 def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg: FewShotConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -268,6 +359,18 @@ def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg:
         points[k] = (w[members, None] * p[members]).sum(axis=0) / w[members].sum()
         scores[k] = float(s[members].mean() * w[members].sum() / w.sum())
     return points, scores
+
+
+def blend(points: np.ndarray, others: list[np.ndarray], radius: float) -> np.ndarray:
+    """Each keypoint of ``points`` ((K, 2) px) averaged with those of ``others`` (answers (K, 2) px, same order) that
+    lie within ``radius`` px of it; a keypoint with no answer (nan) stays so."""
+    out = np.array(points, np.float64)
+    for k, p in enumerate(points):
+        if not np.isfinite(p).all():
+            continue
+        near = [o[k] for o in others if np.isfinite(o[k]).all() and np.linalg.norm(o[k] - p) <= radius]
+        out[k] = np.mean([p, *near], axis=0)
+    return out
 
 
 def pose_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -47,6 +47,24 @@ def _blob_image(
     return img, pts
 
 
+def _animal_image(head: tuple[int, int], tail: tuple[int, int], shift: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    floor = np.kron(rng.random((12, 20)), np.ones((8, 8)))[:, :136]
+    img = np.roll(floor * 120 + 60, shift, axis=1)[:96, :128]
+    yy, xx = np.mgrid[:96, :128]
+    for t in np.linspace(0, 1, 60):
+        x, y = (1 - t) * np.array(head) + t * np.array(tail)
+        img[(xx - x) ** 2 + (yy - y) ** 2 <= 9] = 250 - 230 * t  # bright at the head, dark at the tail
+    return np.repeat(img[..., None], 3, axis=2).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def animal_image():
+    """animal_image(head, tail, shift=0) -> (96, 128, 3) uint8: a textured floor (shifted right by ``shift`` px) and
+    an elongated body from a bright head to a dark tail (px): a head/tail flip fits its shape, not its looks."""
+    return _animal_image
+
+
 BLOB_NAMES = ["nose", "left_ear", "right_ear"]  # the blob's 3 keypoints, in order
 
 

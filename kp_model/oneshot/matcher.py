@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from kp_model.appearance import object_extent, smooth_grey, support_region
 from kp_model.config import JsonConfig
 from kp_model.oneshot.descriptors import DescriptorConfig, PooledChannels, _bilinear, describe_margin, norm_floor_of
 from kp_model.oneshot.encoder import EncoderChannels, EncoderConfig, PatchEncoder
@@ -171,7 +172,7 @@ class OneShotMatcher:
         """
         cfg, dcfg = self.cfg, self.cfg.descriptor
         keypoints = np.asarray(keypoints, np.float64).reshape(-1, 2)
-        extent = _extent(keypoints, image.shape[:2])
+        extent = object_extent(keypoints, image.shape[:2])
         scale = self.object_size / extent
         work = _resize(image, scale)
         pts = keypoints * scale
@@ -206,7 +207,7 @@ class OneShotMatcher:
                 cross.append(descs[-1])
             offsets.append(rp - c)
             rotations.append(rot[:, :2])
-        region, region_grey = _support_region(work, pts, max(1, int(cfg.verify_region_grow * self.object_size)))
+        region, region_grey = support_region(work, pts, max(1, int(cfg.verify_region_grow * self.object_size)))
         region -= centre
         h0, w0 = image.shape[:2]
         centre_rel = keypoints.mean(axis=0) / np.array([w0, h0])
@@ -265,7 +266,7 @@ class OneShotMatcher:
             hg, wg = grid.shape[:2]
             origin = grid[0, 0].astype(np.float64)  # working px of grid cell (0, 0)
             sims = (flat @ qdesc.T).reshape(n_rot, n_kp, hg, wg)
-            grey = _smooth_grey(work) if same_scene else None  # only the same-scene verification reads it
+            grey = smooth_grey(work) if same_scene else None  # only the same-scene verification reads it
             votes.levels.append((qscale, qdesc, (hg, wg), grey, origin))
             level = len(votes.levels) - 1
             kernel = np.ones((2 * tol + 1, 2 * tol + 1), np.uint8)
@@ -354,16 +355,6 @@ class OneShotMatcher:
         return points, scores
 
 
-def _extent(keypoints: np.ndarray, shape: tuple[int, int]) -> float:
-    """Object size (px) used to normalise scale: the keypoints' bounding-box diagonal, floored."""
-    if len(keypoints) >= 2:
-        span = keypoints.max(axis=0) - keypoints.min(axis=0)
-        extent = float(np.hypot(*span))
-    else:
-        extent = 0.0
-    return max(extent, 0.1 * max(shape), 8.0)
-
-
 def _spread_subset(points: np.ndarray, n: int) -> np.ndarray:
     """Indices of at most ``n`` of ``points`` (K, 2) picked by farthest-point sampling (all if K <= n)."""
     if len(points) <= n:
@@ -375,27 +366,6 @@ def _spread_subset(points: np.ndarray, n: int) -> np.ndarray:
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
     return np.array(sorted(chosen))
-
-
-def _smooth_grey(image: np.ndarray) -> np.ndarray:
-    """(H, W, 1) float32 grey image, lightly blurred, for dense correlation."""
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    return cv2.GaussianBlur(grey, (0, 0), 1.5)[..., None]
-
-
-def _support_region(work: np.ndarray, pts: np.ndarray, grow: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels (step 2) of the keypoints' convex hull grown by ``grow`` px, inside the image, and their
-    zero-mean unit-norm grey values. Returns (M, 2) working px and (M,)."""
-    h, w = work.shape[:2]
-    mask = np.zeros((h, w), np.uint8)
-    hull = cv2.convexHull(np.round(pts).astype(np.int32).reshape(-1, 1, 2))
-    cv2.fillConvexPoly(mask, hull, 1)
-    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-    ys, xs = np.nonzero(mask[::2, ::2])
-    region = np.stack([xs * 2, ys * 2], axis=1).astype(np.float64)
-    vals = _bilinear(_smooth_grey(work), region[:, 0], region[:, 1])[:, 0]
-    vals = vals - vals.mean()
-    return region, vals / (np.linalg.norm(vals) + 1e-6)
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:

@@ -100,3 +100,9 @@ def test_bench_instances_report_and_overlays(tmp_path: Path, shared_data: Path) 
     assert report["summary"]["all"]["oracle"]["count_accuracy"] <= 1
     assert all(p["estimated"] >= 1 for p in report["pairs"])
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_out_that_is_a_folder_is_refused_before_the_run(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "fewshot", "--data", str(tmp_path / "nothing-read"), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "is a folder" in capsys.readouterr().err

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from kp_model.build import PredictorConfig, build_predictor
-from kp_model.fewshot import FewShotConfig, FewShotPredictor, fuse, reorder
+from kp_model.fewshot import FewShotConfig, FewShotPredictor, blend, fuse, reorder
 from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError
+
+ALONE = {"verify_supports": 1, "blend_supports": 1}  # no appearance check, no blend: the nearest answer as it is
 
 
 class Recorder:
@@ -60,7 +62,7 @@ def test_supports_by_key_the_oldest_leave_beyond_the_cap() -> None:
 
 
 def test_the_nearest_support_answers() -> None:
-    p = FewShotPredictor(Recorder, FewShotConfig(shortlist=1, vote=False))  # the vote: the tests below
+    p = FewShotPredictor(Recorder, FewShotConfig(shortlist=1, vote=False, **ALONE))  # the others: the tests below
     for seed in (11, 12, 13):
         p.add_support(str(seed), scene(seed), np.array([[seed, 5.0]]), ["nose"])
     Recorder.asked = []
@@ -118,7 +120,7 @@ def test_reorder_keeps_points_scores_and_texts_together() -> None:
 
 def _voters(poses: list[list[list[float]]], cfg: FewShotConfig | None = None) -> FewShotPredictor:
     """Supports answering ``poses`` (nearest to ``scene(40)`` first: each image is scene(40) mixed with more noise)."""
-    p = FewShotPredictor(Recorder, cfg or FewShotConfig())
+    p = FewShotPredictor(Recorder, cfg or FewShotConfig(**ALONE))  # the vote alone (the check, the blend: below)
     base, noise = scene(40).astype(float), scene(41).astype(float)
     for rank, pose in enumerate(poses):
         img = ((1 - 0.25 * rank) * base + 0.25 * rank * noise).astype(np.uint8)
@@ -149,7 +151,7 @@ def test_an_agreeing_second_support_settles_it_without_the_third() -> None:
 
 
 def test_a_split_vote_keeps_the_nearest_and_can_lower_its_scores() -> None:
-    cfg = FewShotConfig(disagree_factor=0.5)
+    cfg = FewShotConfig(disagree_factor=0.5, **ALONE)
     p = _voters([HEAD_TAIL, TAIL_HEAD, [[30.0, 40.0], [30.0, 0.0]]], cfg)  # the next two disagree with each other too
     [pred] = p.predict([scene(40)])
     assert pred.points.tolist() == HEAD_TAIL and pred.scores == pytest.approx([0.45, 0.45])
@@ -157,7 +159,7 @@ def test_a_split_vote_keeps_the_nearest_and_can_lower_its_scores() -> None:
 
 def test_no_vote_when_off_or_with_fewer_than_three_supports() -> None:
     Recorder.asked = []
-    [pred] = _voters([TAIL_HEAD, HEAD_TAIL, HEAD_TAIL], FewShotConfig(vote=False)).predict([scene(40)])
+    [pred] = _voters([TAIL_HEAD, HEAD_TAIL, HEAD_TAIL], FewShotConfig(vote=False, **ALONE)).predict([scene(40)])
     assert Recorder.asked == [50] and pred.points.tolist() == TAIL_HEAD
     Recorder.asked = []
     [pred] = _voters([TAIL_HEAD, HEAD_TAIL]).predict([scene(40)])
@@ -166,3 +168,87 @@ def test_no_vote_when_off_or_with_fewer_than_three_supports() -> None:
         FewShotConfig(vote_agree=0)
     with pytest.raises(ValueError, match="disagree_factor"):
         FewShotConfig(disagree_factor=1.5)
+
+
+HEAD, TAIL = (30, 40), (80, 40)
+
+
+def _flipped_nearest(animal_image, cfg: FewShotConfig) -> FewShotPredictor:
+    """Two supports of ``animal_image``'s scene, each answering its own keypoints (nose, tail): the nearest shows the
+    animal turned round (so its answer in the query is a head/tail flip); the second shows it as the query does, on
+    a floor moved by 8 px (so it is less near)."""
+    p = FewShotPredictor(Recorder, cfg)
+    for tag, head, tail, shift in ((50, TAIL, HEAD, 0), (51, HEAD, TAIL, 8)):
+        img = animal_image(head, tail, shift)
+        img[0, 0, 0] = tag
+        p.add_support(f"s{tag}", img, np.array([head, tail], float), ["nose", "tail"])
+    return p
+
+
+def test_an_answer_that_does_not_look_like_its_support_is_replaced_by_one_that_does(animal_image) -> None:
+    p = _flipped_nearest(animal_image, FewShotConfig(verify_score_power=1.0))
+    query = animal_image(HEAD, TAIL)
+    assert [key for key, _ in p.nearest(query, 2)] == ["s50", "s51"] and p.nearest(query, 1)[0][1] >= 0.8
+    Recorder.asked = []
+    [pred] = p.predict([query])
+    assert Recorder.asked == [50, 51]
+    assert pred.points.tolist() == [list(HEAD), list(TAIL)]
+    assert np.all(pred.scores < 0.9) and np.all(pred.scores > 0.9 * 0.5)  # x its correlation (its floor moved)
+
+
+def test_no_appearance_check_when_off_or_in_another_scene(animal_image) -> None:
+    query = animal_image(HEAD, TAIL)
+    for cfg in (FewShotConfig(**ALONE), FewShotConfig(verify_scene=0.999)):
+        Recorder.asked = []
+        [pred] = _flipped_nearest(animal_image, cfg).predict([query])
+        assert Recorder.asked == [50] and pred.points.tolist() == [list(TAIL), list(HEAD)]
+        assert pred.scores == pytest.approx([0.9, 0.9])
+
+
+def test_a_failed_check_without_a_clearly_better_answer_keeps_it_and_lowers_its_scores(animal_image) -> None:
+    [pred] = _flipped_nearest(animal_image, FewShotConfig(verify_margin=2.0)).predict([animal_image(HEAD, TAIL)])
+    assert pred.points.tolist() == [list(TAIL), list(HEAD)] and np.all(pred.scores < 0.9 * 0.5)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("verify_supports", 0),
+        ("verify_scene", 1.5),
+        ("verify_below", -2.0),
+        ("verify_margin", -0.1),
+        ("verify_score_power", -1),
+        ("blend_supports", 0),
+        ("blend_radius", 0.0),
+    ],
+)
+def test_appearance_check_settings_are_checked(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        FewShotConfig(**{field: value})
+
+
+def test_with_one_support_the_check_only_scores(animal_image) -> None:
+    query = animal_image(HEAD, TAIL)
+    for power, expected in ((4.0, 0.0), (0.0, 0.9)):  # a flip correlates negatively: floored at 0; power 0: as given
+        p = FewShotPredictor(Recorder, FewShotConfig(verify_score_power=power))
+        img = animal_image(TAIL, HEAD)
+        p.add_support("turned", img, np.array([TAIL, HEAD], float), ["nose", "tail"])
+        [pred] = p.predict([query])
+        assert pred.points.tolist() == [list(TAIL), list(HEAD)] and pred.scores == pytest.approx([expected] * 2)
+
+
+def test_each_keypoint_is_averaged_with_the_next_answers_near_it() -> None:
+    cfg = FewShotConfig(vote=False, verify_supports=1, blend_supports=3)
+    # sizes 48 px: radius 0.3 x 48 = 14.4 px; the 2nd answer is near on both keypoints, the 3rd only on the tail
+    p = _voters([HEAD_TAIL, [[14.0, 10.0], [54.0, 10.0]], [[40.0, 40.0], [50.0, 16.0]]], cfg)
+    Recorder.asked = []
+    [pred] = p.predict([scene(40)])
+    assert Recorder.asked == [50, 51, 52]
+    # nose: mean of (10, 10) and (14, 10); tail: mean of (50, 10), (54, 10) and (50, 16)
+    np.testing.assert_allclose(pred.points, [[12.0, 10.0], [154 / 3, 12.0]])
+    assert pred.scores == pytest.approx([0.9, 0.9])
+
+
+def test_blend_leaves_unanswered_keypoints_and_far_answers() -> None:
+    points = blend(np.array([[0.0, 0.0], [np.nan, np.nan]]), [np.array([[30.0, 0.0], [5.0, 5.0]])], radius=10.0)
+    assert points[0].tolist() == [0.0, 0.0] and np.isnan(points[1]).all()
