@@ -60,6 +60,8 @@ class FewShotConfig(JsonConfig):
     # support or many: flips rank low (0: scores as the engine gives them). Chosen on the mouse's first half of frames:
     # the correlation ranks bad tasks better than the engine's scores at k = 1-2, the product at k = 20; 4 ranked a
     # little better but pushed some right answers under KPASSIST_SCORE_THRESHOLD at k = 1 (their points left out)
+    verify_score_floor: float = 0.05  # the check lowers a score to this at most (KPASSIST_SCORE_THRESHOLD's default):
+    # a keypoint the engine would show is not hidden by it
     blend_supports: int = 4  # shortlist 1, the nearest's scene: each keypoint is averaged with the answers, among
     # those of the blend_supports nearest supports, that fall within blend_radius of it (1 = off; chosen on the mouse's
     # first half of frames among 3-6 supports and radii 0.2-0.4)
@@ -92,6 +94,8 @@ class FewShotConfig(JsonConfig):
             raise ValueError(f"verify_margin must be >= 0, got {self.verify_margin}")
         if self.verify_score_power < 0:
             raise ValueError(f"verify_score_power must be >= 0, got {self.verify_score_power}")
+        if not 0 <= self.verify_score_floor <= 1:
+            raise ValueError(f"verify_score_floor must be in [0, 1], got {self.verify_score_floor}")
         if self.blend_supports < 1:
             raise ValueError(f"blend_supports must be >= 1, got {self.blend_supports}")
         if self.blend_radius <= 0:
@@ -291,8 +295,9 @@ class FewShotPredictor:
         ``source``, against that support (kp_model.appearance; ``grey``: the query's ``smooth_grey``). Below
         ``verify_below``, every support of ``keys`` (the nearest ``verify_supports``) answers and the one whose answer
         correlates best with its own support replaces it when better by ``verify_margin``. The scores kept are scaled
-        by their answer's correlation (floored at 0) to the power ``verify_score_power`` (a NaN correlation leaves
-        them). Returns points, scores and the key of the support they came from."""
+        by their answer's correlation (floored at 0) to the power ``verify_score_power``, but not below
+        ``verify_score_floor`` (a NaN correlation leaves them). Returns points, scores and the key of the support
+        they came from."""
         cfg = self.cfg
         best = self._correlation(source, grey, points, names)
         if best < cfg.verify_below:
@@ -305,7 +310,8 @@ class FewShotPredictor:
                 if ncc > max(best, incumbent + cfg.verify_margin):
                     best, points, scores, source = ncc, pred.points, pred.scores, key
         if cfg.verify_score_power > 0 and np.isfinite(best):
-            scores = scores * max(best, 0.0) ** cfg.verify_score_power
+            scaled = scores * max(best, 0.0) ** cfg.verify_score_power
+            scores = np.maximum(scaled, np.minimum(scores, cfg.verify_score_floor))
         return points, scores, source
 
     def _correlation(self, key: str, grey: np.ndarray, points: np.ndarray, names: list[str]) -> float:

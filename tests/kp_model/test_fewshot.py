@@ -207,7 +207,7 @@ def test_no_appearance_check_when_off_or_in_another_scene(animal_image) -> None:
 
 def test_a_failed_check_without_a_clearly_better_answer_keeps_it_and_lowers_its_scores(animal_image) -> None:
     [pred] = _flipped_nearest(animal_image, FewShotConfig(verify_margin=2.0)).predict([animal_image(HEAD, TAIL)])
-    assert pred.points.tolist() == [list(TAIL), list(HEAD)] and np.all(pred.scores < 0.9 * 0.5)
+    assert pred.points.tolist() == [list(TAIL), list(HEAD)] and pred.scores == pytest.approx([0.05, 0.05])  # the floor
 
 
 @pytest.mark.parametrize(
@@ -218,6 +218,7 @@ def test_a_failed_check_without_a_clearly_better_answer_keeps_it_and_lowers_its_
         ("verify_below", -2.0),
         ("verify_margin", -0.1),
         ("verify_score_power", -1),
+        ("verify_score_floor", 1.5),
         ("blend_supports", 0),
         ("blend_radius", 0.0),
     ],
@@ -229,8 +230,9 @@ def test_appearance_check_settings_are_checked(field: str, value: float) -> None
 
 def test_with_one_support_the_check_only_scores(animal_image) -> None:
     query = animal_image(HEAD, TAIL)
-    for power, expected in ((4.0, 0.0), (0.0, 0.9)):  # a flip correlates negatively: floored at 0; power 0: as given
-        p = FewShotPredictor(Recorder, FewShotConfig(verify_score_power=power))
+    # a flip correlates negatively: its scores fall to the floor (0 or 0.05), which never hides a shown keypoint
+    for power, floor, expected in ((4.0, 0.0, 0.0), (2.0, 0.05, 0.05), (0.0, 0.05, 0.9)):
+        p = FewShotPredictor(Recorder, FewShotConfig(verify_score_power=power, verify_score_floor=floor))
         img = animal_image(TAIL, HEAD)
         p.add_support("turned", img, np.array([TAIL, HEAD], float), ["nose", "tail"])
         [pred] = p.predict([query])
