@@ -8,7 +8,9 @@ check = support_appearance(support_image, support_keypoints)   # once per suppor
 grey = smooth_grey(query_image)                                # once per query
 ncc = appearance_score(check, grey, answer_points)             # in [-1, 1]; nan when it cannot be told
 
-Units: images (H, W, 3) uint8 RGB; keypoints and answers in pixels of their own image.
+Units: images (H, W, 3) uint8 RGB; keypoints and answers in pixels of their own image. The grey-level helpers here
+(``global_descriptor``, ``rescale``, ``smooth_grey``, ``support_region``) also serve the matcher
+(kp_model.oneshot.matcher).
 """
 
 from __future__ import annotations
@@ -47,6 +49,23 @@ def object_extent(keypoints: np.ndarray, shape: tuple[int, int]) -> float:
     return max(extent, 0.1 * max(shape), 8.0)
 
 
+def global_descriptor(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (1024,) zero-mean unit-norm 32x32 grey thumbnail: the dot product of two is the images'
+    global correlation in [-1, 1] (near 1: the same scene and pose)."""
+    grey = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    t = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).ravel()
+    t -= t.mean()
+    return t / (np.linalg.norm(t) + 1e-6)
+
+
+def rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """(H, W, C) image resized by ``scale`` (area averaging when shrinking), at least 1 px a side."""
+    h, w = image.shape[:2]
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interp)
+
+
 def smooth_grey(image: np.ndarray) -> np.ndarray:
     """(H, W, 1) float32 grey image in [0, 1] of an (H, W, 3) uint8 RGB one, lightly blurred, for correlation."""
     grey = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
@@ -73,9 +92,7 @@ def support_appearance(image: np.ndarray, keypoints: np.ndarray) -> SupportAppea
     image = np.asarray(image)
     keypoints = np.asarray(keypoints, np.float64).reshape(-1, 2)
     scale = OBJECT_SIZE / object_extent(keypoints, image.shape[:2])
-    h, w = image.shape[:2]
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    work = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interp)
+    work = rescale(image, scale)
     pts = keypoints * scale
     region, grey = support_region(work, pts, max(1, int(REGION_GROW * OBJECT_SIZE)))
     centre = pts.mean(axis=0)

@@ -20,15 +20,21 @@ the queries whose answer fails the check), not with the number of supports (one 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from kp_model.appearance import SupportAppearance, appearance_score, smooth_grey, support_appearance
+from kp_model.appearance import (  # global_descriptor: also this module's API (bench.fewshot)
+    SupportAppearance,
+    appearance_score,
+    global_descriptor,
+    smooth_grey,
+    support_appearance,
+)
 from kp_model.config import JsonConfig
 from kp_model.oneshot.instances import RankedInstancePredictor, count_instances, merge_ranked
 from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError, predict_instances, validate_support
@@ -100,15 +106,6 @@ class FewShotConfig(JsonConfig):
             raise ValueError(f"blend_supports must be >= 1, got {self.blend_supports}")
         if self.blend_radius <= 0:
             raise ValueError(f"blend_radius must be > 0, got {self.blend_radius}")
-
-
-def global_descriptor(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (1024,) zero-mean unit-norm 32x32 grey thumbnail: the dot product of two is the images'
-    global correlation in [-1, 1] (near 1: the same scene and pose)."""
-    grey = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    t = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).ravel()
-    t -= t.mean()
-    return t / (np.linalg.norm(t) + 1e-6)
 
 
 @dataclass
@@ -240,14 +237,14 @@ class FewShotPredictor:
         more = max(cfg.verify_supports, cfg.blend_supports) if single else 1
         ranked = self.nearest(image, max(cfg.shortlist, 3 if vote else 1, more))
         keys = [key for key, _ in ranked]
-        asked: dict[str, KeypointPrediction] = {}
 
+        @functools.cache
         def ask(key: str) -> KeypointPrediction:  # each support asked at most once per query
-            if key not in asked:
-                [asked[key]] = self._supports[key].predictor.predict([image])
-            return asked[key]
+            [pred] = self._supports[key].predictor.predict([image])
+            return pred
 
-        def answer(key: str) -> KeypointPrediction:
+        @functools.cache
+        def answer(key: str) -> KeypointPrediction:  # its answer in ``names`` order, for the vote, check and blend
             return reorder(ask(key), names)
 
         points, scores = fuse([(ask(key), sim) for key, sim in ranked[: cfg.shortlist]], names, cfg)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from kp_model.appearance import object_extent, smooth_grey, support_region
+from kp_model.appearance import global_descriptor, object_extent, rescale, smooth_grey, support_region
 from kp_model.config import JsonConfig
 from kp_model.oneshot.descriptors import DescriptorConfig, PooledChannels, _bilinear, describe_margin, norm_floor_of
 from kp_model.oneshot.encoder import EncoderChannels, EncoderConfig, PatchEncoder
@@ -174,7 +174,7 @@ class OneShotMatcher:
         keypoints = np.asarray(keypoints, np.float64).reshape(-1, 2)
         extent = object_extent(keypoints, image.shape[:2])
         scale = self.object_size / extent
-        work = _resize(image, scale)
+        work = rescale(image, scale)
         pts = keypoints * scale
         centre = pts.mean(axis=0)
         h, w = work.shape[:2]
@@ -219,7 +219,7 @@ class OneShotMatcher:
             angles,
             centre_rel,
             float(np.hypot(h0, w0)),
-            _thumbnail(image),
+            global_descriptor(image),
             np.stack(rotations),
             region,
             region_grey,
@@ -239,7 +239,7 @@ class OneShotMatcher:
         and rotation: the best pose of each (scale, rotation), and with ``peaks`` > 0 also that many local maxima
         of each one's vote map (other individuals; scored without the centre prior or the copy bonus)."""
         cfg = self.cfg
-        same_scene = float(template.thumbnail @ _thumbnail(image)) >= cfg.same_scene_threshold
+        same_scene = float(template.thumbnail @ global_descriptor(image)) >= cfg.same_scene_threshold
         dcfg = cfg.descriptor if same_scene else cfg.cross_descriptor
         support = template.descriptors if same_scene else template.cross_descriptors
         copy_bonus = 0.0 if same_scene else cfg.copy_pose_bonus
@@ -261,7 +261,7 @@ class OneShotMatcher:
                 qscale *= self.max_side / longest
             if max(image.shape[:2]) * qscale < 16:
                 continue
-            work = _resize(image, qscale)
+            work = rescale(image, qscale)
             qdesc, grid = self._channels(work, dcfg).dense()
             hg, wg = grid.shape[:2]
             origin = grid[0, 0].astype(np.float64)  # working px of grid cell (0, 0)
@@ -366,18 +366,3 @@ def _spread_subset(points: np.ndarray, n: int) -> np.ndarray:
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
     return np.array(sorted(chosen))
-
-
-def _thumbnail(image: np.ndarray) -> np.ndarray:
-    """Zero-mean, unit-norm 32x32 grey thumbnail: its dot product with another is the images' global correlation."""
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    t = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).ravel()
-    t -= t.mean()
-    return t / (np.linalg.norm(t) + 1e-6)
-
-
-def _resize(image: np.ndarray, scale: float) -> np.ndarray:
-    h, w = image.shape[:2]
-    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(image, size, interpolation=interp)
