@@ -29,7 +29,8 @@ from kp_model.build import PredictorConfig, build_predictor
 from kp_model.coco import Instance, Sample, load_coco_keypoints
 from kp_model.evaluation.instances import ImageScore, Truth, score_image, summarise_instances
 from kp_model.evaluation.protocol import one_shot_pairs, support_instance
-from kp_model.fewshot import FewShotPredictor, reorder
+from kp_model.fewshot import FewShotPredictor
+from kp_model.fusion import reorder
 from kp_model.images import load_image_rgb
 from kp_model.oneshot.instances import InstanceConfig, count_instances
 from kp_model.predictor import SupportError

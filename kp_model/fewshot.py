@@ -7,7 +7,8 @@ nearest frame's match). In the nearest support's scene (a video), the answer is 
 came from by appearance (``verify``, kp_model.appearance): when it correlates poorly, the next nearest supports answer
 too and the one whose answer looks most like its own support replaces it by a margin; scores are scaled by the
 correlation (so flips and misses rank low; with one support too). Last, each keypoint is averaged with the next
-nearest supports' answers that fall near it (``blend``).
+nearest supports' answers that fall near it (``blend``), and its score lowered when they place it elsewhere
+(``agreement``). The combining functions live in kp_model.fusion.
 
 predictor = FewShotPredictor(lambda: build_predictor(cfg))
 predictor.add_support("12", image, keypoints, names)    # one per labelled image, features cached per key
@@ -36,10 +37,9 @@ from kp_model.appearance import (  # global_descriptor: also this module's API (
     support_appearance,
 )
 from kp_model.config import JsonConfig
+from kp_model.fusion import FUSIONS, agreement, blend, fuse, lower, pose_distance, reorder
 from kp_model.oneshot.instances import RankedInstancePredictor, count_instances, merge_ranked
 from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError, predict_instances, validate_support
-
-FUSIONS = ("agree", "best")
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,16 @@ class FewShotConfig(JsonConfig):
     # support or many: flips rank low (0: scores as the engine gives them). Chosen on the mouse's first half of frames:
     # the correlation ranks bad tasks better than the engine's scores at k = 1-2, the product at k = 20; 4 ranked a
     # little better but pushed some right answers under KPASSIST_SCORE_THRESHOLD at k = 1 (their points left out)
-    verify_score_floor: float = 0.05  # the check lowers a score to this at most (KPASSIST_SCORE_THRESHOLD's default):
-    # a keypoint the engine would show is not hidden by it
+    verify_score_floor: float = 0.05  # the check and the agreement (agree_score_weight) lower a score to this at most
+    # (KPASSIST_SCORE_THRESHOLD's default): a keypoint the engine would show is not hidden by them
     blend_supports: int = 4  # shortlist 1, the nearest's scene: each keypoint is averaged with the answers, among
     # those of the blend_supports nearest supports, that fall within blend_radius of it (1 = off; chosen on the mouse's
     # first half of frames among 3-6 supports and radii 0.2-0.4)
     blend_radius: float = 0.3  # x the nearest support's size: farther answers of a keypoint are other guesses, not noise
+    agree_score_weight: float = 0.4  # with the blend and 3+ supports: a keypoint's score x (1 - w + w x how much the
+    # blend's other answers agree with it: mean exp(-(d / blend_radius x size)^2)), so a point the next nearest frames
+    # place elsewhere ranks low (0 = off). Chosen on the mouse video's first half of frames among 0.2-0.6 (AUROC of
+    # the task score, mean over k = 1-20: 0.82 -> 0.85 there, 0.77 -> 0.84 on the second half)
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -106,6 +110,8 @@ class FewShotConfig(JsonConfig):
             raise ValueError(f"blend_supports must be >= 1, got {self.blend_supports}")
         if self.blend_radius <= 0:
             raise ValueError(f"blend_radius must be > 0, got {self.blend_radius}")
+        if not 0 <= self.agree_score_weight <= 1:
+            raise ValueError(f"agree_score_weight must be in [0, 1], got {self.agree_score_weight}")
 
 
 @dataclass
@@ -256,7 +262,11 @@ class FewShotPredictor:
                 points, scores, source = self._verify(answer, smooth_grey(image), names, points, scores, source, keys)
             if cfg.blend_supports > 1:
                 others = [answer(key).points for key in keys[: cfg.blend_supports] if key != source]
-                points = blend(points, others, cfg.blend_radius * self._supports[keys[0]].size)
+                radius = cfg.blend_radius * self._supports[keys[0]].size
+                points = blend(points, others, radius)
+                if len(others) >= 2 and cfg.agree_score_weight > 0:  # one other answer (2 supports): no majority
+                    factor = 1 - cfg.agree_score_weight + cfg.agree_score_weight * agreement(points, others, radius)
+                    scores = lower(scores, factor, cfg.verify_score_floor)
         return KeypointPrediction(names, points, scores, time.perf_counter() - t0)
 
     def _vote(
@@ -307,8 +317,7 @@ class FewShotPredictor:
                 if ncc > max(best, incumbent + cfg.verify_margin):
                     best, points, scores, source = ncc, pred.points, pred.scores, key
         if cfg.verify_score_power > 0 and np.isfinite(best):
-            scaled = scores * max(best, 0.0) ** cfg.verify_score_power
-            scores = np.maximum(scaled, np.minimum(scores, cfg.verify_score_floor))
+            scores = lower(scores, max(best, 0.0) ** cfg.verify_score_power, cfg.verify_score_floor)
         return points, scores, source
 
     def _correlation(self, key: str, grey: np.ndarray, points: np.ndarray, names: list[str]) -> float:
@@ -317,82 +326,3 @@ class FewShotPredictor:
         support = self._supports[key]
         own = np.array([points[names.index(n)] for n in support.names])
         return appearance_score(support.appearance, grey, own)
-
-
-def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg: FewShotConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Per keypoint, the answer most (weighted) supports agree on, averaged with those within ``agree_radius`` x the
-    object's size. A keypoint's score is its agreeing answers' mean score x their share of the weight.
-
-    Args:
-        answers: (prediction, global similarity of its support) per shortlisted support.
-        names: the keypoints to answer, in order.
-    Returns:
-        points (K, 2) px (nan where no answer has the keypoint) and scores (K,) in [0, 1].
-    """
-    best_sim = max(sim for _, sim in answers)
-    sizes = []
-    for pred, _ in answers:
-        span = np.nanmax(pred.points, axis=0) - np.nanmin(pred.points, axis=0) if len(pred.points) > 1 else np.zeros(2)
-        sizes.append(float(np.hypot(*span)))
-    radius = max(cfg.agree_radius * float(np.median(sizes)), 2.0)
-    points = np.full((len(names), 2), np.nan)
-    scores = np.zeros(len(names))
-    sim_w = [np.exp((sim - best_sim) / cfg.similarity_temperature) for _, sim in answers]
-    chosen = int(np.argmax([w * pred.score for (pred, _), w in zip(answers, sim_w, strict=True)]))
-    for k, name in enumerate(names):
-        cands = [
-            (pred.points[pred.names.index(name)], float(pred.scores[pred.names.index(name)]), sim)
-            for pred, sim in answers
-            if name in pred.names
-        ]
-        if not cands:
-            continue
-        p = np.array([c[0] for c in cands], np.float64)
-        s = np.array([c[1] for c in cands])
-        w = np.maximum(s, 1e-3) * np.exp((np.array([c[2] for c in cands]) - best_sim) / cfg.similarity_temperature)
-        close = np.linalg.norm(p[:, None] - p[None], axis=-1) <= radius  # (n, n) agreement
-        owners = [j for j, (pred, _) in enumerate(answers) if name in pred.names]
-        if cfg.fusion == "best" and chosen in owners:
-            best = owners.index(chosen)
-            points[k] = p[best]
-            scores[k] = float(s[best] * w[close[best]].sum() / w.sum())
-            continue
-        best = int(np.argmax(close.astype(np.float64) @ w))
-        members = close[best]
-        points[k] = (w[members, None] * p[members]).sum(axis=0) / w[members].sum()
-        scores[k] = float(s[members].mean() * w[members].sum() / w.sum())
-    return points, scores
-
-
-def blend(points: np.ndarray, others: list[np.ndarray], radius: float) -> np.ndarray:
-    """Each keypoint of ``points`` ((K, 2) px) averaged with those of ``others`` (answers (K, 2) px, same order) that
-    lie within ``radius`` px of it; a keypoint with no answer (nan) stays so."""
-    out = np.array(points, np.float64)
-    for k, p in enumerate(points):
-        if not np.isfinite(p).all():
-            continue
-        near = [o[k] for o in others if np.isfinite(o[k]).all() and np.linalg.norm(o[k] - p) <= radius]
-        out[k] = np.mean([p, *near], axis=0)
-    return out
-
-
-def pose_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean distance (px) between two (K, 2) px poses over the keypoints both have (finite); 0 when none."""
-    d = np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=1)
-    d = d[np.isfinite(d)]
-    return float(d.mean()) if len(d) else 0.0
-
-
-def reorder(pred: KeypointPrediction, names: list[str]) -> KeypointPrediction:
-    """``pred`` with its keypoints (and texts) in the order of ``names``; a name it lacks gets score 0 at (nan, nan)
-    and an empty text."""
-    points = np.full((len(names), 2), np.nan)
-    scores = np.zeros(len(names))
-    texts = [""] * len(names) if pred.texts is not None else None
-    for k, name in enumerate(names):
-        if name in pred.names:
-            i = pred.names.index(name)
-            points[k], scores[k] = pred.points[i], pred.scores[i]
-            if texts is not None:
-                texts[k] = pred.texts[i]
-    return KeypointPrediction(names, points, scores, pred.seconds, texts)

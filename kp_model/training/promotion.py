@@ -27,7 +27,8 @@ import numpy as np
 
 from kp_model.config import JsonConfig
 from kp_model.evaluation.metrics import normalised_errors, reference_box
-from kp_model.fewshot import FewShotConfig, FewShotPredictor, reorder
+from kp_model.fewshot import FewShotConfig, FewShotPredictor
+from kp_model.fusion import reorder
 from kp_model.predictor import Predictor
 from kp_model.training.data import TrainSample
 

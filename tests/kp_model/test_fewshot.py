@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kp_model.build import PredictorConfig, build_predictor
-from kp_model.fewshot import FewShotConfig, FewShotPredictor, blend, fuse, reorder
+from kp_model.fewshot import FewShotConfig, FewShotPredictor
 from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError
 
 ALONE = {"verify_supports": 1, "blend_supports": 1}  # no appearance check, no blend: the nearest answer as it is
@@ -70,25 +70,6 @@ def test_the_nearest_support_answers() -> None:
     assert Recorder.asked == [12] and pred.points[0, 0] == 12
 
 
-def test_fuse_keeps_what_most_answers_agree_on() -> None:
-    def answer(x: float, y: float, score: float) -> tuple[KeypointPrediction, float]:
-        return KeypointPrediction(["a"], np.array([[x, y]]), np.array([score])), 0.9
-
-    points, scores = fuse([answer(10, 10, 0.8), answer(11, 10, 0.8), answer(50, 50, 0.4)], ["a", "b"], FewShotConfig())
-    # one keypoint: the radius is its floor, 2 px; the first two agree (weight 1.6 of 2.0)
-    assert points[0] == pytest.approx([10.5, 10.0]) and scores[0] == pytest.approx(0.8 * 1.6 / 2.0)
-    assert np.isnan(points[1]).all() and scores[1] == 0.0  # no answer has "b"
-
-
-def test_disagreeing_supports_lower_the_score() -> None:
-    def answer(x: float) -> tuple[KeypointPrediction, float]:
-        return KeypointPrediction(["a", "b"], np.array([[x, 0.0], [x + 100.0, 0.0]]), np.array([0.9, 0.9])), 0.9
-
-    _, agree = fuse([answer(0), answer(1), answer(2)], ["a", "b"], FewShotConfig())
-    _, split = fuse([answer(0), answer(40), answer(80)], ["a", "b"], FewShotConfig())
-    assert agree == pytest.approx([0.9, 0.9]) and split == pytest.approx([0.3, 0.3])
-
-
 def test_with_the_default_engine(blob_image, blob_names) -> None:
     p = FewShotPredictor(lambda: build_predictor(PredictorConfig()), FewShotConfig(shortlist=2))
     for i, centre in enumerate([(60, 50), (100, 70)]):
@@ -97,25 +78,6 @@ def test_with_the_default_engine(blob_image, blob_names) -> None:
     query, truth = blob_image(centre=(96, 66))
     [pred] = p.predict([query])
     assert pred.names == blob_names and np.linalg.norm(pred.points - truth, axis=1).max() < 6
-
-
-def test_best_fusion_keeps_the_best_supports_pose() -> None:
-    def answer(x: float, score: float, sim: float) -> tuple[KeypointPrediction, float]:
-        return KeypointPrediction(["a", "b"], np.array([[x, 0.0], [x + 100.0, 0.0]]), np.array([score, score])), sim
-
-    cfg = FewShotConfig(fusion="best")
-    points, scores = fuse([answer(0, 0.5, 0.9), answer(1, 0.5, 0.9), answer(60, 0.9, 0.9)], ["a", "b"], cfg)
-    # the third answer has the best mean score: its points are kept whole; nobody agrees with it (radius 10 px)
-    assert points.tolist() == [[60.0, 0.0], [160.0, 0.0]] and scores == pytest.approx([0.9 * 0.9 / 1.9] * 2)
-    with pytest.raises(ValueError, match="fusion"):
-        FewShotConfig(fusion="vote")
-
-
-def test_reorder_keeps_points_scores_and_texts_together() -> None:
-    pred = KeypointPrediction(["b", "a"], np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0.2, 0.9]), texts=["tb", "ta"])
-    out = reorder(pred, ["a", "c", "b"])
-    np.testing.assert_array_equal(out.points, [[3, 4], [np.nan, np.nan], [1, 2]])
-    assert out.scores.tolist() == [0.9, 0.0, 0.2] and out.texts == ["ta", "", "tb"]
 
 
 def _voters(poses: list[list[list[float]]], cfg: FewShotConfig | None = None) -> FewShotPredictor:
@@ -240,7 +202,7 @@ def test_with_one_support_the_check_only_scores(animal_image) -> None:
 
 
 def test_each_keypoint_is_averaged_with_the_next_answers_near_it() -> None:
-    cfg = FewShotConfig(vote=False, verify_supports=1, blend_supports=3)
+    cfg = FewShotConfig(vote=False, verify_supports=1, blend_supports=3, agree_score_weight=0.0)  # scores: below
     # sizes 48 px: radius 0.3 x 48 = 14.4 px; the 2nd answer is near on both keypoints, the 3rd only on the tail
     p = _voters([HEAD_TAIL, [[14.0, 10.0], [54.0, 10.0]], [[40.0, 40.0], [50.0, 16.0]]], cfg)
     Recorder.asked = []
@@ -251,6 +213,20 @@ def test_each_keypoint_is_averaged_with_the_next_answers_near_it() -> None:
     assert pred.scores == pytest.approx([0.9, 0.9])
 
 
-def test_blend_leaves_unanswered_keypoints_and_far_answers() -> None:
-    points = blend(np.array([[0.0, 0.0], [np.nan, np.nan]]), [np.array([[30.0, 0.0], [5.0, 5.0]])], radius=10.0)
-    assert points[0].tolist() == [0.0, 0.0] and np.isnan(points[1]).all()
+def test_a_keypoint_the_next_answers_place_elsewhere_scores_lower() -> None:
+    cfg = FewShotConfig(vote=False, verify_supports=1, blend_supports=3)  # agree_score_weight 0.4
+    # radius 0.3 x 48 = 14.4 px: both next answers have the nose where the nearest has it and the tail 28.8 px away
+    p = _voters([HEAD_TAIL, [[10.0, 10.0], [50.0, 38.8]], [[10.0, 10.0], [21.2, 10.0]]], cfg)
+    [pred] = p.predict([scene(40)])
+    assert pred.points.tolist() == HEAD_TAIL  # the far answers are not blended in
+    # nose: agreement 1, score 0.9; tail: agreement exp(-(28.8 / 14.4)^2) = 0.0183156, 0.9 x (0.6 + 0.4 x 0.0183156)
+    assert pred.scores == pytest.approx([0.9, 0.5465936])
+
+
+def test_one_other_answer_is_no_majority_and_leaves_the_scores() -> None:
+    cfg = FewShotConfig(vote=False, verify_supports=1, blend_supports=3)
+    p = _voters([HEAD_TAIL, [[10.0, 10.0], [50.0, 38.8]]], cfg)  # two supports: one other answer
+    [pred] = p.predict([scene(40)])
+    assert pred.scores == pytest.approx([0.9, 0.9])
+    with pytest.raises(ValueError, match="agree_score_weight"):
+        FewShotConfig(agree_score_weight=1.5)
