@@ -53,15 +53,18 @@ class FewShotConfig(JsonConfig):
     instance_supports: int = 4  # individuals: at most this many supports of the nearest image (its individuals) search
     vote: bool = True  # shortlist 1, 3+ supports: the 2nd and 3rd nearest replace the nearest's pose when both disagree
     # with it and agree with each other (fixed head/tail flips: issue 11, chosen on the mouse video's first half)
-    vote_agree: float = 0.1  # two poses agree when their mean keypoint distance is <= this x the support's size
+    vote_agree: float = 0.1  # two poses agree when their mean keypoint distance is <= this x the support's size (the
+    # vote; and the check: an answer replaces the checked one only when another support's answer agrees with it)
     disagree_factor: float = 1.0  # scores x this when the 2nd nearest's pose disagrees with the answer; 0.5 ranked the
     # errors worse in `kpassist bench fewshot` (mouse AUROC 0.72 -> 0.63 at k = 5), so it is off by default
     verify_supports: int = 6  # shortlist 1, the nearest's scene: supports whose answers compete when the answer fails
     # the appearance check (1 = no check; chosen on the mouse video's first half of frames: more found more flips)
     verify_scene: float = 0.8  # the check runs when the nearest support's global similarity is at least this (the
     # same scene: a fixed-camera video); other individuals differ in grey level, which the check reads
-    verify_below: float = 0.7  # the answer fails the check when its correlation with its support is below this
-    verify_margin: float = 0.2  # another support's answer replaces it when its correlation is higher by this much
+    verify_below: float = 0.9  # the answer fails the check when its correlation with its support is below this
+    verify_margin: float = 0.0  # another support's answer replaces it when its correlation is higher by this much
+    # and a third support's answer backs it (vote_agree). Both chosen with that rule on the mouse video's first half
+    # of frames (thresholds 0.7-1.0, margins 0-0.2; before it, 0.7 and 0.2: without backing, no margin lost k = 5)
     verify_score_power: float = 2.0  # checked answers' scores x their correlation (floored at 0) to this power, one
     # support or many: flips rank low (0: scores as the engine gives them). Chosen on the mouse's first half of frames:
     # the correlation ranks bad tasks better than the engine's scores at k = 1-2, the product at k = 20; 4 ranked a
@@ -301,7 +304,8 @@ class FewShotPredictor:
         """The appearance check of the answer (points (K, 2) px in ``names`` order, scores (K,)) from support
         ``source``, against that support (kp_model.appearance; ``grey``: the query's ``smooth_grey``). Below
         ``verify_below``, every support of ``keys`` (the nearest ``verify_supports``) answers and the one whose answer
-        correlates best with its own support replaces it when better by ``verify_margin``. The scores kept are scaled
+        correlates best with its own support replaces it when better by ``verify_margin`` and when the answer of
+        another of them (not the one checked) agrees with it (``backed``). The scores kept are scaled
         by their answer's correlation (floored at 0) to the power ``verify_score_power``, but not below
         ``verify_score_floor`` (a NaN correlation leaves them). Returns points, scores and the key of the support
         they came from."""
@@ -314,11 +318,20 @@ class FewShotPredictor:
                     continue
                 pred = answer(key)
                 ncc = self._correlation(key, grey, pred.points, names)
-                if ncc > max(best, incumbent + cfg.verify_margin):
+                if ncc > max(best, incumbent + cfg.verify_margin) and self._backed(answer, key, keys, source):
                     best, points, scores, source = ncc, pred.points, pred.scores, key
         if cfg.verify_score_power > 0 and np.isfinite(best):
             scores = lower(scores, max(best, 0.0) ** cfg.verify_score_power, cfg.verify_score_floor)
         return points, scores, source
+
+    def _backed(self, answer: Callable[[str], KeypointPrediction], key: str, keys: list[str], source: str) -> bool:
+        """True when the answer of another of the nearest ``verify_supports`` supports (``keys``; neither ``key`` nor
+        ``source``, the answer it would replace) agrees with ``key``'s answer: mean keypoint distance <= ``vote_agree``
+        x the nearest support's size. One support's answer alone, however well it correlates, is not enough: with
+        supports far apart (5 in a video), a wrong answer can look like its own support as well as a right one."""
+        limit = self.cfg.vote_agree * self._supports[keys[0]].size
+        others = [k for k in keys[: self.cfg.verify_supports] if k not in (key, source)]
+        return any(pose_distance(answer(key).points, answer(k).points) <= limit for k in others)
 
     def _correlation(self, key: str, grey: np.ndarray, points: np.ndarray, names: list[str]) -> float:
         """kp_model.appearance.appearance_score of an answer (points (K, 2) px in ``names`` order) against support

@@ -135,12 +135,14 @@ def test_no_vote_when_off_or_with_fewer_than_three_supports() -> None:
 HEAD, TAIL = (30, 40), (80, 40)
 
 
-def _flipped_nearest(animal_image, cfg: FewShotConfig) -> FewShotPredictor:
-    """Two supports of ``animal_image``'s scene, each answering its own keypoints (nose, tail): the nearest shows the
+def _flipped_nearest(animal_image, cfg: FewShotConfig, backers: int = 0) -> FewShotPredictor:
+    """Supports of ``animal_image``'s scene, each answering its own keypoints (nose, tail): the nearest shows the
     animal turned round (so its answer in the query is a head/tail flip); the second shows it as the query does, on
-    a floor moved by 8 px (so it is less near)."""
+    a floor moved by 8 px (so it is less near); ``backers`` more show it as the second does, on floors moved further
+    (their answers back the second's)."""
     p = FewShotPredictor(Recorder, cfg)
-    for tag, head, tail, shift in ((50, TAIL, HEAD, 0), (51, HEAD, TAIL, 8)):
+    more = [(52 + i, HEAD, TAIL, 16 + 8 * i) for i in range(backers)]
+    for tag, head, tail, shift in [(50, TAIL, HEAD, 0), (51, HEAD, TAIL, 8), *more]:
         img = animal_image(head, tail, shift)
         img[0, 0, 0] = tag
         p.add_support(f"s{tag}", img, np.array([head, tail], float), ["nose", "tail"])
@@ -148,12 +150,13 @@ def _flipped_nearest(animal_image, cfg: FewShotConfig) -> FewShotPredictor:
 
 
 def test_an_answer_that_does_not_look_like_its_support_is_replaced_by_one_that_does(animal_image) -> None:
-    p = _flipped_nearest(animal_image, FewShotConfig(verify_score_power=1.0))
+    cfg = FewShotConfig(verify_score_power=1.0, vote=False, agree_score_weight=0.0)  # the check alone replaces it
+    p = _flipped_nearest(animal_image, cfg, backers=1)
     query = animal_image(HEAD, TAIL)
-    assert [key for key, _ in p.nearest(query, 2)] == ["s50", "s51"] and p.nearest(query, 1)[0][1] >= 0.8
+    assert p.nearest(query, 1)[0][0] == "s50" and p.nearest(query, 1)[0][1] >= 0.8
     Recorder.asked = []
     [pred] = p.predict([query])
-    assert Recorder.asked == [50, 51]
+    assert sorted(Recorder.asked) == [50, 51, 52]  # the checked one, the one replacing it and the one backing it
     assert pred.points.tolist() == [list(HEAD), list(TAIL)]
     assert np.all(pred.scores < 0.9) and np.all(pred.scores > 0.9 * 0.5)  # x its correlation (its floor moved)
 
@@ -168,8 +171,11 @@ def test_no_appearance_check_when_off_or_in_another_scene(animal_image) -> None:
 
 
 def test_a_failed_check_without_a_clearly_better_answer_keeps_it_and_lowers_its_scores(animal_image) -> None:
-    [pred] = _flipped_nearest(animal_image, FewShotConfig(verify_margin=2.0)).predict([animal_image(HEAD, TAIL)])
-    assert pred.points.tolist() == [list(TAIL), list(HEAD)] and pred.scores == pytest.approx([0.05, 0.05])  # the floor
+    # not better by the margin; or better, but no other support's answer backs it (two supports: none to back it)
+    for cfg in (FewShotConfig(verify_margin=2.0), FewShotConfig()):
+        [pred] = _flipped_nearest(animal_image, cfg).predict([animal_image(HEAD, TAIL)])
+        assert pred.points.tolist() == [list(TAIL), list(HEAD)]
+        assert pred.scores == pytest.approx([0.05, 0.05])  # the floor
 
 
 @pytest.mark.parametrize(
