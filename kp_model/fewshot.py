@@ -5,10 +5,10 @@ keypoint lower its score (so scores rank errors). With one support shortlisted (
 supports check its pose (``vote``): two that agree with each other against it replace it (a head/tail flip of the
 nearest frame's match). In the nearest support's scene (a video), the answer is then checked against the support it
 came from by appearance (``verify``, kp_model.appearance): when it correlates poorly, the next nearest supports answer
-too and the one whose answer looks most like its own support replaces it by a margin; scores are scaled by the
-correlation (so flips and misses rank low; with one support too). Last, each keypoint is averaged with the next
-nearest supports' answers that fall near it (``blend``), and its score lowered when they place it elsewhere
-(``agreement``). The combining functions live in kp_model.fusion.
+too and the one whose answer looks most like its own support replaces it, by a margin or backed by a third
+support's answer (agreeing with it); scores are scaled by the correlation (so flips and misses rank low; with one
+support too). Last, each keypoint is averaged with the next nearest supports' answers that fall near it (``blend``),
+and its score lowered when they place it elsewhere (``agreement``). The combining functions live in kp_model.fusion.
 
 predictor = FewShotPredictor(lambda: build_predictor(cfg))
 predictor.add_support("12", image, keypoints, names)    # one per labelled image, features cached per key
@@ -62,9 +62,10 @@ class FewShotConfig(JsonConfig):
     verify_scene: float = 0.8  # the check runs when the nearest support's global similarity is at least this (the
     # same scene: a fixed-camera video); other individuals differ in grey level, which the check reads
     verify_below: float = 0.9  # the answer fails the check when its correlation with its support is below this
-    verify_margin: float = 0.0  # another support's answer replaces it when its correlation is higher by this much
-    # and a third support's answer backs it (vote_agree). Both chosen with that rule on the mouse video's first half
-    # of frames (thresholds 0.7-1.0, margins 0-0.2; before it, 0.7 and 0.2: without backing, no margin lost k = 5)
+    verify_margin: float = 0.2  # another support's answer replaces it when its correlation is higher by this much, or
+    # higher at all when a third support's answer backs it (agrees within vote_agree). Chosen on the mouse video's
+    # first half of frames: the margin rule alone (0.7, 0.2) missed flips at k = 20; the backed rule alone (0.9, margin
+    # 0 for both) lost the margin's replacements where no third support can back (few supports)
     verify_score_power: float = 2.0  # checked answers' scores x their correlation (floored at 0) to this power, one
     # support or many: flips rank low (0: scores as the engine gives them). Chosen on the mouse's first half of frames:
     # the correlation ranks bad tasks better than the engine's scores at k = 1-2, the product at k = 20; 4 ranked a
@@ -304,8 +305,8 @@ class FewShotPredictor:
         """The appearance check of the answer (points (K, 2) px in ``names`` order, scores (K,)) from support
         ``source``, against that support (kp_model.appearance; ``grey``: the query's ``smooth_grey``). Below
         ``verify_below``, every support of ``keys`` (the nearest ``verify_supports``) answers and the one whose answer
-        correlates best with its own support replaces it when better by ``verify_margin`` and when the answer of
-        another of them (not the one checked) agrees with it (``backed``). The scores kept are scaled
+        correlates best with its own support replaces it when better by ``verify_margin``, or better at all when the
+        answer of another of them (not the one checked) agrees with it (``backed``). The scores kept are scaled
         by their answer's correlation (floored at 0) to the power ``verify_score_power``, but not below
         ``verify_score_floor`` (a NaN correlation leaves them). Returns points, scores and the key of the support
         they came from."""
@@ -318,7 +319,7 @@ class FewShotPredictor:
                     continue
                 pred = answer(key)
                 ncc = self._correlation(key, grey, pred.points, names)
-                if ncc > max(best, incumbent + cfg.verify_margin) and self._backed(answer, key, keys, source):
+                if ncc > best and (ncc > incumbent + cfg.verify_margin or self._backed(answer, key, keys, source)):
                     best, points, scores, source = ncc, pred.points, pred.scores, key
         if cfg.verify_score_power > 0 and np.isfinite(best):
             scores = lower(scores, max(best, 0.0) ** cfg.verify_score_power, cfg.verify_score_floor)
@@ -327,8 +328,8 @@ class FewShotPredictor:
     def _backed(self, answer: Callable[[str], KeypointPrediction], key: str, keys: list[str], source: str) -> bool:
         """True when the answer of another of the nearest ``verify_supports`` supports (``keys``; neither ``key`` nor
         ``source``, the answer it would replace) agrees with ``key``'s answer: mean keypoint distance <= ``vote_agree``
-        x the nearest support's size. One support's answer alone, however well it correlates, is not enough: with
-        supports far apart (5 in a video), a wrong answer can look like its own support as well as a right one."""
+        x the nearest support's size. A correlation a little better than the checked answer's is not enough alone:
+        with supports far apart (5 in a video), a wrong answer can look like its own support as well as a right one."""
         limit = self.cfg.vote_agree * self._supports[keys[0]].size
         others = [k for k in keys[: self.cfg.verify_supports] if k not in (key, source)]
         return any(pose_distance(answer(key).points, answer(k).points) <= limit for k in others)

@@ -150,15 +150,25 @@ def _flipped_nearest(animal_image, cfg: FewShotConfig, backers: int = 0) -> FewS
 
 
 def test_an_answer_that_does_not_look_like_its_support_is_replaced_by_one_that_does(animal_image) -> None:
-    cfg = FewShotConfig(verify_score_power=1.0, vote=False, agree_score_weight=0.0)  # the check alone replaces it
+    p = _flipped_nearest(animal_image, FewShotConfig(verify_score_power=1.0))  # better by the margin, 0.2
+    query = animal_image(HEAD, TAIL)
+    assert [key for key, _ in p.nearest(query, 2)] == ["s50", "s51"] and p.nearest(query, 1)[0][1] >= 0.8
+    Recorder.asked = []
+    [pred] = p.predict([query])
+    assert Recorder.asked == [50, 51]
+    assert pred.points.tolist() == [list(HEAD), list(TAIL)]
+    assert np.all(pred.scores < 0.9) and np.all(pred.scores > 0.9 * 0.5)  # x its correlation (its floor moved)
+
+
+def test_a_better_answer_that_a_third_support_backs_replaces_it_without_the_margin(animal_image) -> None:
+    cfg = FewShotConfig(verify_margin=2.0, vote=False)  # no margin can be met; the vote off: the check alone
     p = _flipped_nearest(animal_image, cfg, backers=1)
     query = animal_image(HEAD, TAIL)
-    assert p.nearest(query, 1)[0][0] == "s50" and p.nearest(query, 1)[0][1] >= 0.8
+    assert p.nearest(query, 1)[0][0] == "s50"
     Recorder.asked = []
     [pred] = p.predict([query])
     assert sorted(Recorder.asked) == [50, 51, 52]  # the checked one, the one replacing it and the one backing it
     assert pred.points.tolist() == [list(HEAD), list(TAIL)]
-    assert np.all(pred.scores < 0.9) and np.all(pred.scores > 0.9 * 0.5)  # x its correlation (its floor moved)
 
 
 def test_no_appearance_check_when_off_or_in_another_scene(animal_image) -> None:
@@ -171,11 +181,9 @@ def test_no_appearance_check_when_off_or_in_another_scene(animal_image) -> None:
 
 
 def test_a_failed_check_without_a_clearly_better_answer_keeps_it_and_lowers_its_scores(animal_image) -> None:
-    # not better by the margin; or better, but no other support's answer backs it (two supports: none to back it)
-    for cfg in (FewShotConfig(verify_margin=2.0), FewShotConfig()):
-        [pred] = _flipped_nearest(animal_image, cfg).predict([animal_image(HEAD, TAIL)])
-        assert pred.points.tolist() == [list(TAIL), list(HEAD)]
-        assert pred.scores == pytest.approx([0.05, 0.05])  # the floor
+    # better, but not by the margin, and no other support's answer backs it (two supports: none can)
+    [pred] = _flipped_nearest(animal_image, FewShotConfig(verify_margin=2.0)).predict([animal_image(HEAD, TAIL)])
+    assert pred.points.tolist() == [list(TAIL), list(HEAD)] and pred.scores == pytest.approx([0.05, 0.05])  # the floor
 
 
 @pytest.mark.parametrize(
