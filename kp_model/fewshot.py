@@ -79,7 +79,7 @@ class FewShotConfig(JsonConfig):
     agree_score_weight: float = 0.4  # with the blend and 3+ supports: a keypoint's score x (1 - w + w x how much the
     # blend's other answers agree with it: mean exp(-(d / blend_radius x size)^2)), so a point the next nearest frames
     # place elsewhere ranks low (0 = off). Chosen on the mouse video's first half of frames among 0.2-0.6 (AUROC of
-    # the task score, mean over k = 1-20: 0.82 -> 0.85 there, 0.77 -> 0.84 on the second half)
+    # the task score, mean over k = 1-20, with the check of then: 0.82 -> 0.85 there, 0.77 -> 0.84 on the second half)
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
