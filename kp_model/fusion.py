@@ -6,19 +6,29 @@ Units: points in pixels of the query image, (K, 2) in one keypoint order (``reor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from kp_model.predictor import KeypointPrediction
 
-if TYPE_CHECKING:
-    from kp_model.fewshot import FewShotConfig
-
 FUSIONS = ("agree", "best")  # FewShotConfig.fusion: see ``fuse``
 
 
-def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg: FewShotConfig) -> tuple[np.ndarray, np.ndarray]:
+class FuseSettings(Protocol):
+    """What ``fuse`` reads of a kp_model.fewshot.FewShotConfig (named here, so that this module does not import it)."""
+
+    @property
+    def agree_radius(self) -> float: ...
+
+    @property
+    def similarity_temperature(self) -> float: ...
+
+    @property
+    def fusion(self) -> str: ...
+
+
+def fuse(answers: list[tuple[KeypointPrediction, float]], names: list[str], cfg: FuseSettings) -> tuple[np.ndarray, np.ndarray]:
     """Per keypoint, the answer most (weighted) supports agree on, averaged with those within ``agree_radius`` x the
     object's size. A keypoint's score is its agreeing answers' mean score x their share of the weight.
 
