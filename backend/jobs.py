@@ -215,6 +215,7 @@ def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
                 salt=str(project),
                 promote=settings.promote,
                 rule=PromotionRule(settings.promote_min_images, settings.promote_margin),
+                evidence_processes=settings.train_threads,  # the job's cores, busy with training until then
             ),
             progress=progress,
             stage=stage,

@@ -9,7 +9,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from kp_model.fewshot import FewShotPredictor
 from kp_model.kptllm.checkpoint import build_model, load_checkpoint, save_checkpoint
 from kp_model.kptllm.configuration import KptLLMConfig
 from kp_model.kptllm.semantics import semantic_text
+from kp_model.parallel import PoolConfig, PredictorPool
 from kp_model.predictor import Predictor
 from kp_model.training.data import TrainingError, TrainSample
 from kp_model.training.loop import TrainConfig, train
@@ -67,10 +68,14 @@ class FinetuneSettings:
     salt: str = ""  # held-out split salt (the project id)
     promote: str = "evidence"  # "evidence": kp_model.training.promotion.decide; "always": the newest version is served
     rule: PromotionRule = field(default_factory=PromotionRule)  # how much evidence, what margin
+    evidence_processes: int = 0  # worker processes (1 thread each) answering the evidence images side by side with the
+    # served engine when it can travel (the weight-free default engine: most of the evidence's cost); 0 = in turn here
 
     def __post_init__(self) -> None:
         if self.promote not in PROMOTE_POLICIES:
             raise ValueError(f"promote must be one of {PROMOTE_POLICIES}, got {self.promote!r}")
+        if self.evidence_processes < 0:
+            raise ValueError(f"evidence_processes must be >= 0, got {self.evidence_processes}")
 
 
 def run_finetune(
@@ -118,21 +123,26 @@ def run_finetune(
     def engine(v: str | None) -> Callable[[], Predictor]:
         return lambda: build_predictor(store.predictor_config(settings.default, v))
 
-    few = settings.default.fewshot
+    few = replace(settings.default.fewshot, cycle_weight=0.0)  # evidence reads points only: the cycle check moves scores
     evidence = []
     fresh = [s for s in train_set if s.key not in trained_before]
     earlier = [s for s in train_set if s.key in trained_before]
     prequential = base is not None and base != served and bool(fresh) and bool(earlier)
-    now_all = served_predictor(engine(served), train_set, few) if held_set or prequential else None
-    if held_set:  # the candidate itself, on images nobody trained on
-        cand = served_pck(served_predictor(engine(version), train_set, few), held_set)
-        now = served_pck(now_all, held_set)
-        evidence += [Paired(s.key, "heldout", c, n) for s, c, n in zip(held_set, cand, now, strict=True)]
-    if prequential:  # the candidate's base, on the newest corrections
-        old = served_pck(served_predictor(engine(base), earlier, few), fresh)
-        before = _without(now_all, train_set, {s.key for s in fresh}, lambda: served_predictor(engine(served), earlier, few))
-        now = served_pck(before, fresh)
-        evidence += [Paired(s.key, "prequential", o, n) for s, o, n in zip(fresh, old, now, strict=True)]
+    pool = PredictorPool(PoolConfig(processes=settings.evidence_processes, threads=1))
+    try:
+        now_all = served_predictor(engine(served), train_set, few) if held_set or prequential else None
+        if held_set:  # the candidate itself, on images nobody trained on
+            cand = served_pck(served_predictor(engine(version), train_set, few), held_set)
+            now = served_pck(now_all, held_set, pool)
+            evidence += [Paired(s.key, "heldout", c, n) for s, c, n in zip(held_set, cand, now, strict=True)]
+        if prequential:  # the candidate's base, on the newest corrections
+            old = served_pck(served_predictor(engine(base), earlier, few), fresh)
+            drop = {s.key for s in fresh}
+            before = _without(now_all, train_set, drop, lambda: served_predictor(engine(served), earlier, few))
+            now = served_pck(before, fresh, pool)
+            evidence += [Paired(s.key, "prequential", o, n) for s, o, n in zip(fresh, old, now, strict=True)]
+    finally:
+        pool.close()
     promote, reason = decide(evidence, settings.rule)
     reason += f" (served: {served or 'default engine'})"
     if settings.promote == "always":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -29,7 +30,8 @@ from kp_model.config import JsonConfig
 from kp_model.evaluation.metrics import normalised_errors, reference_box
 from kp_model.fewshot import FewShotConfig, FewShotPredictor
 from kp_model.fusion import reorder
-from kp_model.predictor import Predictor
+from kp_model.parallel import PredictorPool
+from kp_model.predictor import KeypointPrediction, Predictor
 from kp_model.training.data import TrainSample
 
 SOURCES = ("heldout", "prequential")
@@ -117,15 +119,18 @@ def served_predictor(
     return predictor if predictor.is_support_set else None
 
 
-def served_errors(predictor: FewShotPredictor | None, queries: Sequence[TrainSample]) -> list[np.ndarray]:
+def served_errors(
+    predictor: FewShotPredictor | None, queries: Sequence[TrainSample], pool: PredictorPool | None = None
+) -> list[np.ndarray]:
     """Per query, the normalised errors (kp_model.evaluation.metrics) of its visible keypoints that the answer has,
     predicted by ``predictor`` (``served_predictor``: each query answered from its nearest support, checked by the
-    next ones, the vote); no error at all for every query when there is no predictor (no support)."""
+    next ones, the vote); no error at all for every query when there is no predictor (no support). With ``pool``,
+    a portable predictor (the weight-free engine) answers the queries in its worker processes, side by side; the
+    answers are the same."""
     if predictor is None:
         return [np.zeros(0) for _ in queries]
     out = []
-    for q in queries:
-        [pred] = predictor.predict([q.image])
+    for q, pred in zip(queries, _answers(predictor, queries, pool), strict=True):
         points = reorder(pred, q.names).points  # (nan, nan) where the answer lacks the name
         counted = np.asarray(q.visible, bool) & np.isfinite(points).all(axis=1)
         if not counted.any():
@@ -136,9 +141,21 @@ def served_errors(predictor: FewShotPredictor | None, queries: Sequence[TrainSam
     return out
 
 
-def served_pck(predictor: FewShotPredictor | None, queries: Sequence[TrainSample]) -> list[float]:
-    """PCK@0.2 of each query predicted as served (``served_errors``); NaN for a query with no counted keypoint."""
-    return [float(np.mean(e <= 0.2)) if len(e) else float("nan") for e in served_errors(predictor, queries)]
+def _answers(predictor: FewShotPredictor, queries: Sequence[TrainSample], pool: PredictorPool | None) -> list[KeypointPrediction]:
+    """``predictor``'s answer to each query's image: in ``pool``'s workers when it can travel, else here in turn."""
+    shipped = pool.ship(predictor) if pool is not None and len(queries) > 1 else None
+    if shipped is None:
+        return [predictor.predict([q.image])[0] for q in queries]
+    with ThreadPoolExecutor(pool.cfg.processes) as threads:  # each thread waits on one worker process
+        return [pred for [pred] in threads.map(lambda q: pool.predict(shipped, q.image), queries)]
+
+
+def served_pck(
+    predictor: FewShotPredictor | None, queries: Sequence[TrainSample], pool: PredictorPool | None = None
+) -> list[float]:
+    """PCK@0.2 of each query predicted as served (``served_errors``, ``pool`` as there); NaN for a query with no
+    counted keypoint."""
+    return [float(np.mean(e <= 0.2)) if len(e) else float("nan") for e in served_errors(predictor, queries, pool)]
 
 
 def evidence_rows(evidence: Sequence[Paired]) -> list[dict]:

@@ -12,6 +12,12 @@ from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError
 ALONE = {"verify_supports": 1, "blend_supports": 1}  # no appearance check, no blend: the nearest answer as it is
 
 
+def _cfg(**fields) -> FewShotConfig:
+    """The settings of the vote, check and blend tests: the cycle check off (its tests are the last ones), so the
+    engines are asked only by the step tested and scores are those steps' own."""
+    return FewShotConfig(**{"cycle_weight": 0.0, **fields})
+
+
 class Recorder:
     """A single-support engine that answers its support's keypoints and records which support was asked."""
 
@@ -51,7 +57,7 @@ def test_is_a_predictor_and_needs_a_support() -> None:
 
 
 def test_supports_by_key_the_oldest_leave_beyond_the_cap() -> None:
-    p = FewShotPredictor(Recorder, FewShotConfig(max_supports=2))
+    p = FewShotPredictor(Recorder, _cfg(max_supports=2))
     for key in ("a", "b", "c"):
         p.add_support(key, scene(3), np.array([[5.0, 5.0]]), ["nose"])
     assert p.support_keys == ["b", "c"]
@@ -62,7 +68,7 @@ def test_supports_by_key_the_oldest_leave_beyond_the_cap() -> None:
 
 
 def test_the_nearest_support_answers() -> None:
-    p = FewShotPredictor(Recorder, FewShotConfig(shortlist=1, vote=False, **ALONE))  # the others: the tests below
+    p = FewShotPredictor(Recorder, _cfg(shortlist=1, vote=False, **ALONE))  # the others: the tests below
     for seed in (11, 12, 13):
         p.add_support(str(seed), scene(seed), np.array([[seed, 5.0]]), ["nose"])
     Recorder.asked = []
@@ -71,7 +77,7 @@ def test_the_nearest_support_answers() -> None:
 
 
 def test_with_the_default_engine(blob_image, blob_names) -> None:
-    p = FewShotPredictor(lambda: build_predictor(PredictorConfig()), FewShotConfig(shortlist=2))
+    p = FewShotPredictor(lambda: build_predictor(PredictorConfig()), _cfg(shortlist=2))
     for i, centre in enumerate([(60, 50), (100, 70)]):
         img, pts = blob_image(centre=centre)
         p.add_support(str(i), img, pts, blob_names)
@@ -82,7 +88,7 @@ def test_with_the_default_engine(blob_image, blob_names) -> None:
 
 def _voters(poses: list[list[list[float]]], cfg: FewShotConfig | None = None) -> FewShotPredictor:
     """Supports answering ``poses`` (nearest to ``scene(40)`` first: each image is scene(40) mixed with more noise)."""
-    p = FewShotPredictor(Recorder, cfg or FewShotConfig(**ALONE))  # the vote alone (the check, the blend: below)
+    p = FewShotPredictor(Recorder, cfg or _cfg(**ALONE))  # the vote alone (the check, the blend: below)
     base, noise = scene(40).astype(float), scene(41).astype(float)
     for rank, pose in enumerate(poses):
         img = ((1 - 0.25 * rank) * base + 0.25 * rank * noise).astype(np.uint8)
@@ -113,7 +119,7 @@ def test_an_agreeing_second_support_settles_it_without_the_third() -> None:
 
 
 def test_a_split_vote_keeps_the_nearest_and_can_lower_its_scores() -> None:
-    cfg = FewShotConfig(disagree_factor=0.5, **ALONE)
+    cfg = _cfg(disagree_factor=0.5, **ALONE)
     p = _voters([HEAD_TAIL, TAIL_HEAD, [[30.0, 40.0], [30.0, 0.0]]], cfg)  # the next two disagree with each other too
     [pred] = p.predict([scene(40)])
     assert pred.points.tolist() == HEAD_TAIL and pred.scores == pytest.approx([0.45, 0.45])
@@ -121,15 +127,15 @@ def test_a_split_vote_keeps_the_nearest_and_can_lower_its_scores() -> None:
 
 def test_no_vote_when_off_or_with_fewer_than_three_supports() -> None:
     Recorder.asked = []
-    [pred] = _voters([TAIL_HEAD, HEAD_TAIL, HEAD_TAIL], FewShotConfig(vote=False, **ALONE)).predict([scene(40)])
+    [pred] = _voters([TAIL_HEAD, HEAD_TAIL, HEAD_TAIL], _cfg(vote=False, **ALONE)).predict([scene(40)])
     assert Recorder.asked == [50] and pred.points.tolist() == TAIL_HEAD
     Recorder.asked = []
     [pred] = _voters([TAIL_HEAD, HEAD_TAIL]).predict([scene(40)])
     assert Recorder.asked == [50] and pred.points.tolist() == TAIL_HEAD
     with pytest.raises(ValueError, match="vote_agree"):
-        FewShotConfig(vote_agree=0)
+        _cfg(vote_agree=0)
     with pytest.raises(ValueError, match="disagree_factor"):
-        FewShotConfig(disagree_factor=1.5)
+        _cfg(disagree_factor=1.5)
 
 
 HEAD, TAIL = (30, 40), (80, 40)
@@ -150,7 +156,7 @@ def _flipped_nearest(animal_image, cfg: FewShotConfig, backers: int = 0) -> FewS
 
 
 def test_an_answer_that_does_not_look_like_its_support_is_replaced_by_one_that_does(animal_image) -> None:
-    p = _flipped_nearest(animal_image, FewShotConfig(verify_score_power=1.0))  # better by the margin, 0.2
+    p = _flipped_nearest(animal_image, _cfg(verify_score_power=1.0))  # better by the margin, 0.2
     query = animal_image(HEAD, TAIL)
     assert [key for key, _ in p.nearest(query, 2)] == ["s50", "s51"] and p.nearest(query, 1)[0][1] >= 0.8
     Recorder.asked = []
@@ -161,7 +167,7 @@ def test_an_answer_that_does_not_look_like_its_support_is_replaced_by_one_that_d
 
 
 def test_a_better_answer_that_a_third_support_backs_replaces_it_without_the_margin(animal_image) -> None:
-    cfg = FewShotConfig(verify_margin=2.0, vote=False)  # no margin can be met; the vote off: the check alone
+    cfg = _cfg(verify_margin=2.0, vote=False)  # no margin can be met; the vote off: the check alone
     p = _flipped_nearest(animal_image, cfg, backers=1)
     query = animal_image(HEAD, TAIL)
     assert p.nearest(query, 1)[0][0] == "s50"
@@ -173,7 +179,7 @@ def test_a_better_answer_that_a_third_support_backs_replaces_it_without_the_marg
 
 def test_no_appearance_check_when_off_or_in_another_scene(animal_image) -> None:
     query = animal_image(HEAD, TAIL)
-    for cfg in (FewShotConfig(**ALONE), FewShotConfig(verify_scene=0.999)):
+    for cfg in (_cfg(**ALONE), _cfg(verify_scene=0.999)):
         Recorder.asked = []
         [pred] = _flipped_nearest(animal_image, cfg).predict([query])
         assert Recorder.asked == [50] and pred.points.tolist() == [list(TAIL), list(HEAD)]
@@ -182,7 +188,7 @@ def test_no_appearance_check_when_off_or_in_another_scene(animal_image) -> None:
 
 def test_a_failed_check_without_a_clearly_better_answer_keeps_it_and_lowers_its_scores(animal_image) -> None:
     # better, but not by the margin, and no other support's answer backs it (two supports: none can)
-    [pred] = _flipped_nearest(animal_image, FewShotConfig(verify_margin=2.0)).predict([animal_image(HEAD, TAIL)])
+    [pred] = _flipped_nearest(animal_image, _cfg(verify_margin=2.0)).predict([animal_image(HEAD, TAIL)])
     assert pred.points.tolist() == [list(TAIL), list(HEAD)] and pred.scores == pytest.approx([0.05, 0.05])  # the floor
 
 
@@ -201,14 +207,14 @@ def test_a_failed_check_without_a_clearly_better_answer_keeps_it_and_lowers_its_
 )
 def test_appearance_check_settings_are_checked(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
-        FewShotConfig(**{field: value})
+        _cfg(**{field: value})
 
 
 def test_with_one_support_the_check_only_scores(animal_image) -> None:
     query = animal_image(HEAD, TAIL)
     # a flip correlates negatively: its scores fall to the floor (0 or 0.05), which never hides a shown keypoint
     for power, floor, expected in ((4.0, 0.0, 0.0), (2.0, 0.05, 0.05), (0.0, 0.05, 0.9)):
-        p = FewShotPredictor(Recorder, FewShotConfig(verify_score_power=power, verify_score_floor=floor))
+        p = FewShotPredictor(Recorder, _cfg(verify_score_power=power, verify_score_floor=floor))
         img = animal_image(TAIL, HEAD)
         p.add_support("turned", img, np.array([TAIL, HEAD], float), ["nose", "tail"])
         [pred] = p.predict([query])
@@ -216,7 +222,7 @@ def test_with_one_support_the_check_only_scores(animal_image) -> None:
 
 
 def test_each_keypoint_is_averaged_with_the_next_answers_near_it() -> None:
-    cfg = FewShotConfig(vote=False, verify_supports=1, blend_supports=3, agree_score_weight=0.0)  # scores: below
+    cfg = _cfg(vote=False, verify_supports=1, blend_supports=3, agree_score_weight=0.0)  # scores: below
     # sizes 48 px: radius 0.3 x 48 = 14.4 px; the 2nd answer is near on both keypoints, the 3rd only on the tail
     p = _voters([HEAD_TAIL, [[14.0, 10.0], [54.0, 10.0]], [[40.0, 40.0], [50.0, 16.0]]], cfg)
     Recorder.asked = []
@@ -228,7 +234,7 @@ def test_each_keypoint_is_averaged_with_the_next_answers_near_it() -> None:
 
 
 def test_a_keypoint_the_next_answers_place_elsewhere_scores_lower() -> None:
-    cfg = FewShotConfig(vote=False, verify_supports=1, blend_supports=3)  # agree_score_weight 0.4
+    cfg = _cfg(vote=False, verify_supports=1, blend_supports=3)  # agree_score_weight 0.4
     # radius 0.3 x 48 = 14.4 px: both next answers have the nose where the nearest has it and the tail 28.8 px away
     p = _voters([HEAD_TAIL, [[10.0, 10.0], [50.0, 38.8]], [[10.0, 10.0], [21.2, 10.0]]], cfg)
     [pred] = p.predict([scene(40)])
@@ -238,9 +244,9 @@ def test_a_keypoint_the_next_answers_place_elsewhere_scores_lower() -> None:
 
 
 def test_one_other_answer_is_no_majority_and_leaves_the_scores() -> None:
-    cfg = FewShotConfig(vote=False, verify_supports=1, blend_supports=3)
+    cfg = _cfg(vote=False, verify_supports=1, blend_supports=3)
     p = _voters([HEAD_TAIL, [[10.0, 10.0], [50.0, 38.8]]], cfg)  # two supports: one other answer
     [pred] = p.predict([scene(40)])
     assert pred.scores == pytest.approx([0.9, 0.9])
     with pytest.raises(ValueError, match="agree_score_weight"):
-        FewShotConfig(agree_score_weight=1.5)
+        _cfg(agree_score_weight=1.5)

@@ -63,9 +63,12 @@ def test_the_newest_corrections_are_prequential_evidence_for_the_line_of_models(
     tmp_path: Path, blob_samples, small_config
 ) -> None:
     """A second run scores the first (rejected) version and the served default engine on the images corrected since,
-    before training on them: that evidence joins the held-out images'."""
+    before training on them: that evidence joins the held-out images'. The served default engine answers it in
+    worker processes (evidence_processes)."""
     store = ModelStore(tmp_path)
-    settings = FinetuneSettings(small_config(), TrainConfig(steps=2), rule=PromotionRule(min_images=1))
+    settings = FinetuneSettings(small_config(), TrainConfig(steps=2), rule=PromotionRule(min_images=1), evidence_processes=2)
+    with pytest.raises(ValueError, match="evidence_processes"):
+        FinetuneSettings(small_config(), TrainConfig(steps=2), evidence_processes=-1)
     run_finetune(blob_samples(4), store, FinetuneSettings(small_config(), TrainConfig(steps=2)))
     record = run_finetune(blob_samples(7), store, settings)
     sources = [(r["image"], r["source"]) for r in record["evidence"]]

@@ -107,3 +107,24 @@ def test_evidence_is_scored_as_served_from_the_nearest_support() -> None:
     assert np.isnan(served_pck(None, [near_a])[0])  # no support: nothing counted
     hidden = sample(3, [[0, 0], [0, 0]], [False, False], "c")
     assert served_predictor(CopySupport, [hidden]) is None  # no visible keypoint: no support either
+
+
+def test_evidence_answered_in_worker_processes_equals_in_turn(mouse_dir) -> None:
+    """The served engine's evidence answered side by side by a pool's workers (FinetuneSettings.evidence_processes)
+    gives the same per-image PCK as answered in turn here; a predictor that cannot travel is answered here."""
+    from kp_model.build import PredictorConfig, build_predictor
+    from kp_model.parallel import PoolConfig, PredictorPool
+    from kp_model.training.data import samples_from_coco
+
+    frames = samples_from_coco(mouse_dir)[:8]
+    predictor = served_predictor(lambda: build_predictor(PredictorConfig()), [frames[i] for i in (0, 3, 6)])
+    queries = [frames[i] for i in (1, 2, 4, 5, 7)]
+    pool = PredictorPool(PoolConfig(processes=2))
+    try:
+        assert served_pck(predictor, queries, pool) == served_pck(predictor, queries)
+        copy = served_predictor(CopySupport, [sample(1, [[10, 10], [90, 10]], [True, True], "a")])
+        assert pool.ship(copy) is None  # not portable: answered in turn, as without a pool
+        near = sample(1, [[10, 30], [90, 10]], [True, True], "q1")
+        assert served_pck(copy, [near, near], pool) == [1.0, 1.0]
+    finally:
+        pool.close()
