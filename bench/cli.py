@@ -199,7 +199,10 @@ def bench_loop(args: argparse.Namespace) -> int:
             "scale": args.peer_scale,
             "batch_size": args.peer_batch,
         }
-    reports = {order: run_loop_bench(Path(args.data), tuple(args.k), args.steps, order=order, peer=peer) for order in args.orders}
+    reports = {
+        order: run_loop_bench(Path(args.data), tuple(args.k), args.steps, order=order, peer=peer, threads=args.threads)
+        for order in args.orders
+    }
     path = _write({"orders": reports}, args.out)
     for order, report in reports.items():
         plot_loop(report, path.with_name(f"{path.stem}-{order}.png"))

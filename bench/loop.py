@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 
 ORDERS = ("random", "spread")
-TRAIN_THREADS = 2  # the training job's cores, as the backend's default KPASSIST_TRAIN_THREADS: its evidence processes
 
 
 def _order(n_frames: int, k_max: int, order: str, seed: int) -> list[int]:
@@ -62,9 +61,12 @@ def run_loop_bench(
     seed: int = 0,
     order: str = "random",
     peer: dict | None = None,
+    threads: int = 2,
 ) -> dict:
-    """The curve of one folder in one order; ``peer`` (``bench.peer.run_sleap_peer``'s keyword arguments: venv,
-    steps, threads, scale, batch_size) adds sleap-nn trained from scratch on the same labelled frames at each k."""
+    """The curve of one folder in one order. ``threads``: the training job's (KPASSIST_TRAIN_THREADS), which also
+    sets its evidence processes (the caller bounds this process's threads). ``peer`` (``bench.peer.run_sleap_peer``'s
+    keyword arguments: venv, steps, threads, scale, batch_size) adds sleap-nn trained from scratch on the same
+    labelled frames at each k."""
     frames = samples_from_coco(folder)  # one instance per frame in a single-animal video
     sequence = _order(len(frames), max(ks), order, seed)
     default = PredictorConfig()
@@ -79,7 +81,7 @@ def run_loop_bench(
             TrainConfig(steps=steps, seed=seed, log_every=100),
             default,
             salt="bench",
-            evidence_processes=TRAIN_THREADS,
+            evidence_processes=threads,
         )
         for k in ks:
             labelled_idx = [0, *sequence[:k]]

@@ -85,10 +85,11 @@ class FewShotConfig(JsonConfig):
     # blend's other answers agree with it: mean exp(-(d / blend_radius x size)^2)), so a point the next nearest frames
     # place elsewhere ranks low (0 = off). Chosen on the mouse video's first half of frames among 0.2-0.6 (AUROC of
     # the task score, mean over k = 1-20, with the check of then: 0.82 -> 0.85 there, 0.77 -> 0.84 on the second half)
-    cycle_weight: float = 0.9  # each keypoint's score x (1 - w + w x exp(-(e / cycle_sigma)^2)), e the distance back
+    cycle_weight: float = 0.8  # each keypoint's score x (1 - w + w x exp(-(e / cycle_sigma)^2)), e the distance back
     # to its support's keypoint when the answer is matched back onto the support it came from (kp_model.cycle; one
-    # more match per query; 0 = off). Chosen on the mouse video's first half of frames among 0.4-1.0 and sigmas
-    # 0.05-0.3 (AUROC of the task score, mean over k = 1, 2, 5, 10: 0.79 -> 0.85 there, 0.85 -> 0.88 on the second)
+    # more match per query; 0 = off). Chosen on the mouse video's first half of frames among 0.5-1.0 and sigmas
+    # 0.05-0.3, with the score floor (AUROC of the task score, mean over k = 1, 2, 5, 10: 0.79 -> 0.86 there, 0.80 ->
+    # 0.88 on the second half)
     cycle_sigma: float = 0.1  # x the support's size: a keypoint found back farther than this is likely wrong
 
     def __post_init__(self) -> None:

@@ -52,8 +52,8 @@ def test_an_answer_off_by_d_leads_back_off_by_2d_and_its_scores_drop() -> None:
     p.add_support("a", support, kps, ["nose", "tail"])
     [pred] = p.predict([support])
     np.testing.assert_allclose(pred.points, kps + [2.4, 0.0])
-    # back: 2 x 2.4 = 4.8 px from the support's keypoints = 0.1 x 48 px: score 0.9 x (0.1 + 0.9 exp(-1))
-    assert pred.scores == pytest.approx([0.9 * (0.1 + 0.9 * 0.36787944)] * 2)
+    # back: 2 x 2.4 = 4.8 px from the support's keypoints = 0.1 x 48 px: score 0.9 x (0.2 + 0.8 exp(-1)) (weight 0.8)
+    assert pred.scores == pytest.approx([0.9 * (0.2 + 0.8 * 0.36787944)] * 2)
     np.testing.assert_allclose(p._supports["a"].predictor.kps, kps)  # the support's engine kept its own support
     off = FewShotPredictor(Shift, FewShotConfig(vote=False, verify_supports=1, blend_supports=1, cycle_weight=0.0))
     off.add_support("a", support, kps, ["nose", "tail"])
@@ -68,6 +68,7 @@ def test_on_real_frames_a_flip_does_not_lead_back(mouse_dir) -> None:
     s_kps, q_kps = support.instances[0].keypoints[:, :2], query.instances[0].keypoints[:, :2]
     engine = build_predictor(PredictorConfig())
     engine.set_support(load_image_rgb(support.image_path), s_kps, names)
+    engine_state = engine._template
     size = 1.2 * float(np.ptp(s_kps, axis=0).max())
     args = (load_image_rgb(support.image_path), s_kps, names, size)
     right = cycle_errors(engine, load_image_rgb(query.image_path), q_kps, names, *args)
@@ -76,6 +77,7 @@ def test_on_real_frames_a_flip_does_not_lead_back(mouse_dir) -> None:
     assert names[0] == "snout" and names[-1] == "tailbase"
     assert right.max() < 0.15 and min(wrong[0], wrong[-1]) > 0.5  # measured: 0.04-0.11 and 0.89-0.94
     assert np.isnan(cycle_errors(engine, load_image_rgb(query.image_path), np.full((len(names), 2), np.nan), names, *args)).all()
+    assert engine._template is engine_state  # the engine keeps its own support
 
 
 @pytest.mark.parametrize("field, value", [("cycle_weight", 1.5), ("cycle_weight", -0.1), ("cycle_sigma", 0.0)])
