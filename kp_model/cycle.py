@@ -10,7 +10,8 @@ errors = cycle_errors(engine, query, points, names, support_image, support_keypo
 scores = lower(scores, cycle_factor(errors, sigma=0.1, weight=0.8), floor)   # kp_model.fusion.lower
 
 Units: images (H, W, 3) uint8 RGB; points in pixels of their own image; errors in units of ``size`` (px, the
-support's size). The support image is kept JPEG-encoded (``encode_image``: about 20x smaller than its pixels).
+support's size). The support image is kept JPEG-encoded (``encode_image``: 70 KB for a 640x480 frame of the mouse
+video, 13x smaller than its pixels).
 """
 
 from __future__ import annotations
