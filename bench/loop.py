@@ -10,7 +10,6 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +49,7 @@ def _order(n_frames: int, k_max: int, order: str, seed: int) -> list[int]:
 def _served_pck(make: Callable[[], Predictor], labelled: list[TrainSample], rest: list[TrainSample]) -> float:
     """PCK@0.2 on ``rest`` as the backend serves it: every labelled frame a support, each query predicted from its
     nearest one, checked by the next ones (kp_model.training.promotion.served_errors, the default few-shot settings)."""
-    few = replace(PredictorConfig().fewshot, cycle_weight=0.0)  # PCK reads points only: the cycle check moves scores
-    return summarise(served_errors(served_predictor(make, labelled, few), rest))["pck@0.2"]
+    return summarise(served_errors(served_predictor(make, labelled, PredictorConfig().fewshot), rest))["pck@0.2"]
 
 
 def run_loop_bench(

@@ -141,7 +141,7 @@ class _Support:
     size: float  # px: the longer side of its keypoints' extent x 1.2 (about its reference box)
     appearance: SupportAppearance  # its region's grey levels, for the appearance check of answers it gives
     keypoints: np.ndarray  # (K, 2) px in its image, in ``names`` order
-    image: np.ndarray | None  # its image JPEG-encoded (kp_model.cycle.encode_image), for the cycle check; None: off
+    image: np.ndarray | None  # its image JPEG-encoded (kp_model.cycle.encode_image), for the cycle check; None when off
 
 
 class FewShotPredictor:
@@ -297,8 +297,6 @@ class FewShotPredictor:
         """Scores (K,) lowered where the answer (points (K, 2) px in ``names`` order) does not lead back to the
         keypoints of support ``source`` (kp_model.cycle), but not below ``verify_score_floor``."""
         support = self._supports[source]
-        if support.image is None:  # added while the check was off
-            return scores
         errors = cycle_errors(
             support.predictor, image, points, names, decode_image(support.image), support.keypoints, support.names, support.size
         )

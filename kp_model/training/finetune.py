@@ -9,7 +9,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -123,7 +123,7 @@ def run_finetune(
     def engine(v: str | None) -> Callable[[], Predictor]:
         return lambda: build_predictor(store.predictor_config(settings.default, v))
 
-    few = replace(settings.default.fewshot, cycle_weight=0.0)  # evidence reads points only: the cycle check moves scores
+    few = settings.default.fewshot
     evidence = []
     fresh = [s for s in train_set if s.key not in trained_before]
     earlier = [s for s in train_set if s.key in trained_before]

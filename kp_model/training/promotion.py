@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -108,9 +108,11 @@ def support_key(index: int, sample: TrainSample) -> str:
 def served_predictor(
     make_predictor: Callable[[], Predictor], supports: Sequence[TrainSample], fewshot: FewShotConfig | None = None
 ) -> FewShotPredictor | None:
-    """The predictor as the service builds it: one ``FewShotPredictor`` of ``make_predictor``'s engine with every
-    support's visible keypoints (keys ``support_key``); None when no support has a visible keypoint."""
-    predictor = FewShotPredictor(make_predictor, fewshot or FewShotConfig())
+    """The predictor as the service builds it, for ``served_errors``: one ``FewShotPredictor`` of ``make_predictor``'s
+    engine with every support's visible keypoints (keys ``support_key``); None when no support has a visible keypoint.
+    Its points are the service's; the cycle check is off (it moves only scores, which the evidence does not read, and
+    costs a match per query)."""
+    predictor = FewShotPredictor(make_predictor, replace(fewshot or FewShotConfig(), cycle_weight=0.0))
     for i, s in enumerate(supports):
         vis = np.asarray(s.visible, bool)
         if vis.any():
