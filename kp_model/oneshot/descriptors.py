@@ -63,18 +63,9 @@ class PooledChannels:
         gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
         magnitude = np.sqrt(gx * gx + gy * gy)
         # soft-binned signed orientation histogram channels
-        n = cfg.orientations
-        period = 2 * np.pi if cfg.signed else np.pi
-        angle = (np.arctan2(gy, gx) % period) * (n / period)
-        floor = np.floor(angle)
-        lower = floor.astype(np.int32) % n
-        upper = (lower + 1) % n
-        high = magnitude * (angle - floor)  # the share of the upper bin
-        low = magnitude - high
-        channels = np.empty((self.height, self.width, n + 3), np.float32)
-        for b in range(n):
-            channels[..., b] = np.where(lower == b, low, 0.0) + np.where(upper == b, high, 0.0)
-        channels[..., n:] = lab
+        channels = np.empty((self.height, self.width, cfg.orientations + 3), np.float32)
+        orientation_channels(gx, gy, magnitude, cfg.orientations, cfg.signed, out=channels[..., : cfg.orientations])
+        channels[..., cfg.orientations :] = lab
         # keeps flat regions from being amplified; a crop of a bigger image passes the whole image's (norm_floor_of)
         self.norm_floor = norm_floor if norm_floor is not None else float(magnitude.mean()) * 2.0 + 1e-3
         self.valid = None if valid is None else valid.astype(np.float32)[..., None]
@@ -153,11 +144,37 @@ class PooledChannels:
         offsets = [(level, (dx / s, dy / s)) for level, (dx, dy) in _sample_offsets(self.cfg)]
         pad = int(np.ceil(max(max(abs(dx), abs(dy)) for _, (dx, dy) in offsets))) + 1
         padded = [np.pad(p, ((pad, pad), (pad, pad), (0, 0)), mode="edge") for p in pooled]
-        samples = np.empty((hg, wg, len(offsets), pooled[0].shape[2]), np.float32)
+        c = pooled[0].shape[2]
+        samples = np.empty((hg, wg, len(offsets) * c), np.float32)  # one copy per sample, c floats per cell
         for i, (level, (dx, dy)) in enumerate(offsets):
             oy, ox = pad + int(round(dy)), pad + int(round(dx))
-            samples[:, :, i] = padded[level][oy : oy + hg, ox : ox + wg]
+            np.copyto(samples[:, :, i * c : (i + 1) * c], padded[level][oy : oy + hg, ox : ox + wg])
         return samples.reshape(hg * wg, -1), grid
+
+
+def orientation_channels(
+    gx: np.ndarray, gy: np.ndarray, magnitude: np.ndarray, n: int, signed: bool, out: np.ndarray | None = None
+) -> np.ndarray:
+    """(H, W, n) soft-binned gradient-orientation histogram of (H, W) float32 gradients: each pixel's ``magnitude``
+    split between the two bins nearest its angle (n bins over 360 degrees if ``signed``, else 180), the rest 0.
+    Written into ``out`` ((H, W, n) float32, may be a view) when given."""
+    period = 2 * np.pi if signed else np.pi
+    angle = np.arctan2(gy, gx)
+    if not signed:
+        angle = np.fmod(angle, np.float32(period))  # in (-180, 180) degrees
+    angle = np.where(angle < 0, angle + np.float32(period), angle) * np.float32(n / period)  # bin units in [0, n]
+    floor = np.floor(angle)
+    lower = floor.astype(np.int32)
+    lower[lower >= n] = 0  # an angle of exactly 360 (180) degrees is bin 0
+    upper = lower + 1
+    upper[upper == n] = 0
+    high = magnitude * (angle - floor)  # the share of the upper bin
+    if out is None:
+        out = np.empty(magnitude.shape + (n,), np.float32)
+    out[...] = 0.0
+    np.put_along_axis(out, lower[..., None], (magnitude - high)[..., None], axis=2)
+    np.put_along_axis(out, upper[..., None], high[..., None], axis=2)
+    return out
 
 
 def norm_floor_of(image: np.ndarray) -> float:

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from kp_model.oneshot.descriptors import orientation_channels
+
+
+def _reference_bins(gx: np.ndarray, gy: np.ndarray, magnitude: np.ndarray, n: int, signed: bool) -> np.ndarray:
+    """The binning as first written: one np.where pair per bin over the angle taken modulo the period."""
+    period = 2 * np.pi if signed else np.pi
+    angle = (np.arctan2(gy, gx) % period) * (n / period)
+    floor = np.floor(angle)
+    lower = floor.astype(np.int32) % n
+    upper = (lower + 1) % n
+    high = magnitude * (angle - floor)
+    low = magnitude - high
+    return np.stack([np.where(lower == b, low, 0.0) + np.where(upper == b, high, 0.0) for b in range(n)], axis=-1)
+
+
+def _gradients(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    gx = rng.normal(size=(40, 50)).astype(np.float32)
+    gy = rng.normal(size=(40, 50)).astype(np.float32)
+    # the edge cases of the angle: +-0 gradients, exactly 0, 90, 180 and -180 degrees, and a zero magnitude
+    gx[0, :6] = [1.0, -1.0, 0.0, -1.0, 1.0, 0.0]
+    gy[0, :6] = [0.0, 0.0, 1.0, -0.0, -0.0, 0.0]
+    return gx, gy, np.sqrt(gx * gx + gy * gy)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("n", [4, 8, 12])
+def test_orientation_channels_equal_the_per_bin_binning(signed: bool, n: int) -> None:
+    gx, gy, magnitude = _gradients(np.random.default_rng(n))
+    got = orientation_channels(gx, gy, magnitude, n, signed)
+    assert got.shape == (40, 50, n) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, _reference_bins(gx, gy, magnitude, n, signed))
+
+
+def test_orientation_channels_split_the_magnitude_between_two_neighbour_bins() -> None:
+    # 45 degrees with 8 signed bins of 45 degrees: all of it in bin 1; 22.5 degrees: half in bin 0, half in bin 1
+    gx = np.array([[1.0, np.cos(np.pi / 8)]], np.float32)
+    gy = np.array([[1.0, np.sin(np.pi / 8)]], np.float32)
+    magnitude = np.sqrt(gx * gx + gy * gy)
+    got = orientation_channels(gx, gy, magnitude, 8, True)
+    np.testing.assert_allclose(got[0, 0], [0, np.sqrt(2), 0, 0, 0, 0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(got[0, 1], [0.5, 0.5, 0, 0, 0, 0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(got.sum(axis=-1), magnitude, rtol=1e-6)
+
+
+def test_orientation_channels_write_into_a_view() -> None:
+    gx, gy, magnitude = _gradients(np.random.default_rng(0))
+    channels = np.full((40, 50, 11), 7.0, np.float32)
+    orientation_channels(gx, gy, magnitude, 8, True, out=channels[..., :8])
+    np.testing.assert_array_equal(channels[..., :8], _reference_bins(gx, gy, magnitude, 8, True))
+    assert (channels[..., 8:] == 7.0).all()
