@@ -70,14 +70,20 @@ class PooledChannels:
         self.norm_floor = norm_floor if norm_floor is not None else float(magnitude.mean()) * 2.0 + 1e-3
         self.valid = None if valid is None else valid.astype(np.float32)[..., None]
         self._channels = channels
-        self._pooled: list[np.ndarray] | None = None
 
-    @property
-    def pooled(self) -> list[np.ndarray]:
-        """The channels Gaussian-pooled at the three descriptor sigmas: three (H, W, n + 3) maps (built on first use)."""
-        if self._pooled is None:
-            self._pooled = [_blur(self._channels, s * self.cfg.object_size) for s in self.cfg.sigmas]
-        return self._pooled
+    def _pooled_at(self, level: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """(N, n + 3) bilinear samples at (x, y) ((N,) working px) of the channels Gaussian-pooled at pooling
+        ``level``'s sigma. Only the box the samples read, grown by the kernel's reach, is blurred: inside it the
+        values are the whole image's blur (a pixel's blur reads 4 sigma each side; the image's own borders are
+        reflected alike), at a fraction of the cost for a few points."""
+        sigma = self.cfg.sigmas[level] * self.cfg.object_size
+        reach = int(np.ceil(4 * sigma)) + 2
+        xs, ys = np.clip(x, 0, self.width - 1), np.clip(y, 0, self.height - 1)
+        x0, y0 = max(0, int(np.floor(xs.min())) - reach), max(0, int(np.floor(ys.min())) - reach)
+        x1 = min(self.width, int(np.floor(xs.max())) + 2 + reach)
+        y1 = min(self.height, int(np.floor(ys.max())) + 2 + reach)
+        box = _blur(self._channels[y0:y1, x0:x1], sigma)
+        return _bilinear(box, xs - x0, ys - y0)
 
     def describe(self, points: np.ndarray) -> np.ndarray:
         """Descriptors at points.
@@ -91,10 +97,17 @@ class PooledChannels:
             over the support's valid blocks, in [-1, 1].
         """
         points = np.asarray(points, np.float32).reshape(-1, 2)
-        samples, valid = [], []
-        for level, (dx, dy) in _sample_offsets(self.cfg):
-            x, y = points[:, 0] + dx, points[:, 1] + dy
-            samples.append(_bilinear(self.pooled[level], x, y))
+        offsets = _sample_offsets(self.cfg)
+        xs = [points[:, 0] + dx for _, (dx, _) in offsets]
+        ys = [points[:, 1] + dy for _, (_, dy) in offsets]
+        samples: list[np.ndarray] = [np.empty(0)] * len(offsets)
+        for level in range(len(self.cfg.sigmas)):  # one blur per pooling level, of the box its samples read
+            which = [i for i, (lv, _) in enumerate(offsets) if lv == level]
+            found = self._pooled_at(level, np.concatenate([xs[i] for i in which]), np.concatenate([ys[i] for i in which]))
+            for i, block in zip(which, np.split(found, len(which)), strict=True):
+                samples[i] = block
+        valid = []
+        for x, y in zip(xs, ys, strict=True):
             inside = (x >= 0) & (y >= 0) & (x <= self.width - 1) & (y <= self.height - 1)
             if self.valid is not None:
                 inside &= _bilinear(self.valid, x, y)[:, 0] >= 0.5

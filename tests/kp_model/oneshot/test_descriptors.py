@@ -1,7 +1,8 @@
+import cv2
 import numpy as np
 import pytest
 
-from kp_model.oneshot.descriptors import orientation_channels
+from kp_model.oneshot.descriptors import DescriptorConfig, PooledChannels, orientation_channels
 
 
 def _reference_bins(gx: np.ndarray, gy: np.ndarray, magnitude: np.ndarray, n: int, signed: bool) -> np.ndarray:
@@ -51,3 +52,32 @@ def test_orientation_channels_write_into_a_view() -> None:
     orientation_channels(gx, gy, magnitude, 8, True, out=channels[..., :8])
     np.testing.assert_array_equal(channels[..., :8], _reference_bins(gx, gy, magnitude, 8, True))
     assert (channels[..., 8:] == 7.0).all()
+
+
+def _full_blur_samples(channels: np.ndarray, sigma: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The whole image blurred, then sampled bilinearly with edge clamping (as the descriptors were first computed)."""
+    blurred = cv2.GaussianBlur(channels, (0, 0), sigma, borderType=cv2.BORDER_REFLECT).reshape(channels.shape)
+    h, w = channels.shape[:2]
+    x, y = np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = blurred[y0, x0] * (1 - fx) + blurred[y0, x1] * fx
+    bottom = blurred[y1, x0] * (1 - fx) + blurred[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+@pytest.mark.parametrize("where", ["inside", "near the borders", "outside"])
+def test_pooling_a_few_points_blurs_a_box_with_the_whole_images_values(where: str) -> None:
+    rng = np.random.default_rng(1)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (150, 210, 3), dtype=np.uint8), (0, 0), 1.5)
+    channels = PooledChannels(image, DescriptorConfig())
+    points = {
+        "inside": np.array([[100.5, 70.25], [120.0, 80.75], [90.125, 60.0]], np.float32),
+        "near the borders": np.array([[1.5, 3.25], [207.75, 148.5], [200.0, 2.0]], np.float32),
+        "outside": np.array([[-5.0, 70.0], [230.0, 160.0], [105.0, -12.5]], np.float32),
+    }[where]
+    for level, sigma in enumerate(DescriptorConfig().sigmas):
+        got = channels._pooled_at(level, points[:, 0], points[:, 1])
+        want = _full_blur_samples(channels._channels, sigma * DescriptorConfig().object_size, points[:, 0], points[:, 1])
+        np.testing.assert_array_equal(got, want)
