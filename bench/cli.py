@@ -186,6 +186,16 @@ def bench_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_device(args: argparse.Namespace) -> int:
+    from bench.device import run_device_bench
+
+    limit_threads(args.threads)
+    report = run_device_bench(args.device, args.steps)
+    _write(report, args.out)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def bench_loop(args: argparse.Namespace) -> int:
     from bench.loop import plot_loop, run_loop_bench
 
@@ -366,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="bench-out/instances.json")
     b.add_argument("--no-plots", action="store_true", help="skip the PNG overlays")
     b.set_defaults(func=bench_instances)
+    b = bench.add_parser("device", help="the learned model trained and predicted on an accelerator, against the CPU")
+    b.add_argument("--device", default="cuda", help="torch device to check (cuda, cuda:1, mps, cpu)")
+    b.add_argument("--steps", type=int, default=300, help="training steps of the tiny preset on synthetic images")
+    b.add_argument("--threads", type=int, default=2, help=THREADS_HELP)
+    b.add_argument("--out", default="bench-out/device.json")
+    b.set_defaults(func=bench_device)
     b = bench.add_parser("contention", help="/predict latency idle and while the worker trains, per KPASSIST_TRAIN_THREADS")
     b.add_argument("--data", default="../shared/data", help="folder holding dlc__openfield_mouse")
     b.add_argument("--threads", type=int, nargs="+", default=[1, 2])
