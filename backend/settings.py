@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -43,6 +44,7 @@ class Settings:
     promote_margin: float = 0.02  # KPASSIST_PROMOTE_MARGIN: mean per-image PCK@0.2 gain over the served model required
     lock_ttl: int = 30  # KPASSIST_LOCK_TTL: seconds a dead worker's project lock outlives it (renewed while alive)
     train_threads: int = 2  # KPASSIST_TRAIN_THREADS: torch/OpenCV threads of a training job (1: bit-reproducible weights)
+    train_device: str = "cpu"  # KPASSIST_TRAIN_DEVICE: torch device of a training job's steps ("cpu", "cuda", "cuda:1", "mps")
     job_nice: int = 10  # KPASSIST_JOB_NICE: niceness (0-19) of training and pre-labelling jobs: /predict gets the CPU first
     max_loaded_models: int = 8  # KPASSIST_MAX_LOADED_MODELS: fine-tuned models kept loaded (least recently used dropped)
     max_supports: int = 256  # KPASSIST_MAX_SUPPORTS: support features cached, one per (project, control); LRU beyond
@@ -99,6 +101,10 @@ class Settings:
             raise SettingsError(f"job_nice (KPASSIST_JOB_NICE) must be in [0, 19], got {self.job_nice}")
         if not self.queue_name:
             raise SettingsError("queue_name (KPASSIST_QUEUE) must not be empty")
+        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.train_device):
+            raise SettingsError(
+                f"train_device (KPASSIST_TRAIN_DEVICE) must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.train_device!r}"
+            )
 
     @property
     def allowed_host_list(self) -> tuple[str, ...]:
@@ -143,6 +149,7 @@ class Settings:
             "promote_min_images": "KPASSIST_PROMOTE_MIN_IMAGES",
             "promote_margin": "KPASSIST_PROMOTE_MARGIN",
             "train_threads": "KPASSIST_TRAIN_THREADS",
+            "train_device": "KPASSIST_TRAIN_DEVICE",
             "job_nice": "KPASSIST_JOB_NICE",
             "max_loaded_models": "KPASSIST_MAX_LOADED_MODELS",
             "max_supports": "KPASSIST_MAX_SUPPORTS",

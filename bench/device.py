@@ -1,7 +1,8 @@
 """`kpassist bench device`: does the learned model train and predict on an accelerator, and does it answer there as
-on the CPU? CI has no GPU, so this is the check to run where one is lent: the tiny preset trained on synthetic
-images (no data set needed: the accelerator machine may not have ``../shared/data``) on ``device``, saved, then the
-same checkpoint predicted on the CPU and on ``device`` through ``build_predictor``, and the two answers compared.
+on the CPU? CI has no GPU, so this is the check to run where one is lent: a training job's fine-tuning (``run_finetune`` with
+``FinetuneSettings.device``: KPASSIST_TRAIN_DEVICE) of the tiny preset on synthetic images (no data set needed: the
+accelerator machine may not have ``../shared/data``), then the saved version predicted on the CPU and on ``device``
+through ``build_predictor``, and the two answers compared.
 
 report = run_device_bench("cuda", steps=300)   # {"device", "train": {...}, "predict": {...}, "agreement": {...}}
 
@@ -19,18 +20,14 @@ import numpy as np
 import torch
 
 from kp_model.build import PredictorConfig, build_predictor
-from kp_model.kptllm.checkpoint import build_model, save_checkpoint
 from kp_model.kptllm.configuration import tiny_config
-from kp_model.kptllm.semantics import semantic_text
 from kp_model.training.data import TrainSample
-from kp_model.training.loop import TrainConfig, train
+from kp_model.training.finetune import FinetuneSettings, run_finetune, training_device
+from kp_model.training.loop import TrainConfig
+from kp_model.training.store import ModelStore
 
 NAMES = ["head", "left_side", "right_side"]
 CATEGORY = "blob"
-
-
-class DeviceUnavailableError(RuntimeError):
-    """The asked torch device is not on this machine."""
 
 
 def synthetic_sample(rng: np.random.Generator, key: str) -> TrainSample:
@@ -47,13 +44,6 @@ def synthetic_sample(rng: np.random.Generator, key: str) -> TrainSample:
     return TrainSample(image, points, np.ones(3, bool), list(NAMES), CATEGORY, key)
 
 
-def _check_device(device: str) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(f"device {device!r}: torch {torch.__version__} sees no CUDA device here")
-    return dev
-
-
 def _predict_all(cfg: PredictorConfig, support: TrainSample, queries: list[TrainSample]) -> tuple[np.ndarray, float]:
     """(Q, K, 2) px answers of the checkpoint in ``cfg`` and the seconds per query (after one warm-up query)."""
     predictor = build_predictor(cfg)
@@ -65,45 +55,44 @@ def _predict_all(cfg: PredictorConfig, support: TrainSample, queries: list[Train
 
 
 def run_device_bench(device: str = "cuda", steps: int = 300, n_train: int = 20, n_queries: int = 20, seed: int = 0) -> dict:
-    """Train the tiny preset for ``steps`` steps on ``device``, then compare its CPU and ``device`` answers."""
-    dev = _check_device(device)
+    """Fine-tune the tiny preset for ``steps`` steps on ``device`` as a training job does (``run_finetune`` with
+    ``FinetuneSettings.device``, a new project), then compare the saved version's CPU and ``device`` answers."""
+    dev = training_device(device)
     rng = np.random.default_rng(seed)
     samples = [synthetic_sample(rng, f"train-{i}") for i in range(n_train)]
     queries = [synthetic_sample(rng, f"query-{i}") for i in range(n_queries)]
-    torch.manual_seed(seed)
-    model = build_model(tiny_config(category=CATEGORY), vocab_texts=[semantic_text(n, CATEGORY) for n in NAMES])
-    model.to(dev)
+    settings = FinetuneSettings(tiny_config(category=CATEGORY), TrainConfig(steps=steps, seed=seed), device=str(dev))
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    result = train(model, samples, TrainConfig(steps=steps, seed=seed, log_every=max(1, steps // 4)))
-    report: dict = {
+    with tempfile.TemporaryDirectory(prefix="kpassist-device-") as tmp:
+        store = ModelStore(Path(tmp) / "project")
+        record = run_finetune(samples, store, settings)
+        checkpoint = str(store.checkpoint_dir(record["version"]))
+        support = next(s for s in samples if s.key in record["annotation_ids"])
+        on_cpu, cpu_seconds = _predict_all(PredictorConfig(engine="kptllm", checkpoint=checkpoint), support, queries)
+        on_dev, dev_seconds = _predict_all(
+            PredictorConfig(engine="kptllm", checkpoint=checkpoint, device=str(dev)), support, queries
+        )
+    truth = np.stack([q.keypoints for q in queries])
+    gap = np.linalg.norm(on_cpu - on_dev, axis=-1)
+    return {
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
         "train": {
-            "steps": result.steps,
-            "seconds": result.seconds,
-            "steps_per_second": result.steps / result.seconds,
-            "final_losses": result.final,
+            "steps": steps,
+            "seconds": record["train_seconds"],
+            "steps_per_second": steps / record["train_seconds"],
+            "run_seconds": record["duration_s"],
+            "final_loss": record["metrics"].get("final_loss"),
             "peak_device_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
         },
+        "predict": {"queries": n_queries, "cpu_seconds_per_query": cpu_seconds, "device_seconds_per_query": dev_seconds},
+        "agreement": {
+            "max_px_between_cpu_and_device": float(gap.max()),
+            "mean_px_between_cpu_and_device": float(gap.mean()),
+            "mean_error_px_cpu": float(np.linalg.norm(on_cpu - truth, axis=-1).mean()),
+            "mean_error_px_device": float(np.linalg.norm(on_dev - truth, axis=-1).mean()),
+        },
     }
-    with tempfile.TemporaryDirectory(prefix="kpassist-device-") as tmp:
-        checkpoint = Path(tmp) / "checkpoint"
-        save_checkpoint(model.to("cpu"), checkpoint, {"steps": result.steps, "device": str(dev)})
-        support = samples[0]
-        on_cpu, cpu_seconds = _predict_all(PredictorConfig(engine="kptllm", checkpoint=str(checkpoint)), support, queries)
-        on_dev, dev_seconds = _predict_all(
-            PredictorConfig(engine="kptllm", checkpoint=str(checkpoint), device=str(dev)), support, queries
-        )
-    truth = np.stack([q.keypoints for q in queries])
-    gap = np.linalg.norm(on_cpu - on_dev, axis=-1)
-    report["predict"] = {"queries": n_queries, "cpu_seconds_per_query": cpu_seconds, "device_seconds_per_query": dev_seconds}
-    report["agreement"] = {
-        "max_px_between_cpu_and_device": float(gap.max()),
-        "mean_px_between_cpu_and_device": float(gap.mean()),
-        "mean_error_px_cpu": float(np.linalg.norm(on_cpu - truth, axis=-1).mean()),
-        "mean_error_px_device": float(np.linalg.norm(on_dev - truth, axis=-1).mean()),
-    }
-    return report

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,12 +71,32 @@ class FinetuneSettings:
     rule: PromotionRule = field(default_factory=PromotionRule)  # how much evidence, what margin
     evidence_processes: int = 0  # worker processes (1 thread each) answering the evidence images side by side with the
     # served engine when it can travel (the weight-free default engine: most of the evidence's cost); 0 = in turn here
+    device: str = "cpu"  # torch device the training steps run on ("cpu", "cuda", "cuda:1", "mps"); saved from the CPU
 
     def __post_init__(self) -> None:
         if self.promote not in PROMOTE_POLICIES:
             raise ValueError(f"promote must be one of {PROMOTE_POLICIES}, got {self.promote!r}")
         if self.evidence_processes < 0:
             raise ValueError(f"evidence_processes must be >= 0, got {self.evidence_processes}")
+        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+
+
+def training_device(name: str) -> torch.device:
+    """The torch device called ``name``, checked to be on this machine.
+
+    Raises:
+        TrainingError: torch sees no such device (a CUDA device asked for on a machine without one, say).
+    """
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise TrainingError(
+            f"training device {name!r}: torch {torch.__version__} sees {torch.cuda.device_count()} CUDA device(s) here; "
+            "set the device to 'cpu' or run the worker where that GPU is"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError(f"training device {name!r}: torch sees no MPS device here; set the device to 'cpu'")
+    return device
 
 
 def run_finetune(
@@ -94,6 +115,7 @@ def run_finetune(
     stage(name): called at "train", "checkpoint" (files written, not yet renamed), "record", "promote".
     """
     t_start = time.time()
+    device = training_device(settings.device)  # before anything is written: a missing GPU fails the run at once
     store.clean_partial()
     groups = [s.key.split("/")[0] for s in samples]
     split = assign_split(list(dict.fromkeys(groups)), store.split(), settings.salt)
@@ -114,7 +136,9 @@ def run_finetune(
         model = build_model(settings.model, vocab_texts=texts)
     log.info("fine-tuning on %d annotations (%d held out), from %s", len(train_set), len(held_set), base or "a new model")
     stage("train")
+    model.to(device)
     result = train(model, train_set, settings.train, progress=progress)
+    model.to("cpu")  # saved, evaluated and served from the CPU (the served engine's own device setting decides there)
     version = store.next_version()
     meta = {"version": version, "trained_on": [s.key for s in train_set], "base": base}
     save_checkpoint(model, store.checkpoint_dir(version), meta, before_rename=lambda tmp: stage("checkpoint"))

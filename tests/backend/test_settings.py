@@ -34,6 +34,9 @@ def test_training_threads_are_bounded_and_checked() -> None:
     assert Settings.from_env({"KPASSIST_TRAIN_THREADS": "1"}).train_threads == 1 and Settings().train_threads == 2
     with pytest.raises(SettingsError, match="train_threads"):
         Settings.from_env({"KPASSIST_TRAIN_THREADS": "0"})
+    assert Settings().train_device == "cpu" and Settings.from_env({"KPASSIST_TRAIN_DEVICE": "cuda:1"}).train_device == "cuda:1"
+    with pytest.raises(SettingsError, match="KPASSIST_TRAIN_DEVICE"):
+        Settings.from_env({"KPASSIST_TRAIN_DEVICE": "gpu"})
     from threadpoolctl import threadpool_info, threadpool_limits
 
     before = torch.get_num_threads(), cv2.getNumThreads(), os.environ.get("OMP_NUM_THREADS")

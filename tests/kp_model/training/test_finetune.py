@@ -135,3 +135,17 @@ def test_the_served_side_without_the_newest_corrections_reuses_its_features() ->
     assert _without(everything, supports, {"a", "b", "c"}, rebuild) is None
     capped = served_predictor(CopySupport, supports, FewShotConfig(vote=False, max_supports=2))  # "a" was evicted
     assert _without(capped, supports, {"b"}, lambda: "rebuilt") == "rebuilt"
+
+
+def test_the_training_device_is_checked_before_anything_is_written(tmp_path: Path, blob_samples, small_config) -> None:
+    import torch
+
+    from kp_model.training.data import TrainingError
+
+    with pytest.raises(ValueError, match="device"):
+        FinetuneSettings(small_config(), TrainConfig(steps=1), device="gpu")
+    if torch.cuda.device_count() < 8:
+        store = ModelStore(tmp_path / "p")
+        with pytest.raises(TrainingError, match="cuda:7.*CUDA device"):
+            run_finetune(blob_samples(4), store, FinetuneSettings(small_config(), TrainConfig(steps=1), device="cuda:7"))
+        assert store.latest() is None
