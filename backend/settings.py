@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from kp_model.config import DEVICE_NAMES, is_device_name
 
 
 class SettingsError(ValueError):
@@ -101,10 +102,8 @@ class Settings:
             raise SettingsError(f"job_nice (KPASSIST_JOB_NICE) must be in [0, 19], got {self.job_nice}")
         if not self.queue_name:
             raise SettingsError("queue_name (KPASSIST_QUEUE) must not be empty")
-        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.train_device):
-            raise SettingsError(
-                f"train_device (KPASSIST_TRAIN_DEVICE) must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.train_device!r}"
-            )
+        if not is_device_name(self.train_device):
+            raise SettingsError(f"train_device (KPASSIST_TRAIN_DEVICE) must be {DEVICE_NAMES}, got {self.train_device!r}")
 
     @property
     def allowed_host_list(self) -> tuple[str, ...]:

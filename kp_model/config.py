@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+DEVICE_NAMES = "'cpu', 'cuda', 'cuda:N' or 'mps'"  # the torch devices a training config may name
+
+
+def is_device_name(name: str) -> bool:
+    """True for one of ``DEVICE_NAMES`` (checked without importing torch: settings are read at start-up)."""
+    return re.fullmatch(r"cpu|mps|cuda(:\d+)?", name) is not None
 
 
 class ConfigError(ValueError):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from kp_model.build import PredictorConfig, build_predictor
+from kp_model.config import DEVICE_NAMES, is_device_name
 from kp_model.fewshot import FewShotPredictor
 from kp_model.kptllm.checkpoint import build_model, load_checkpoint, save_checkpoint
 from kp_model.kptllm.configuration import KptLLMConfig
@@ -78,8 +78,8 @@ class FinetuneSettings:
             raise ValueError(f"promote must be one of {PROMOTE_POLICIES}, got {self.promote!r}")
         if self.evidence_processes < 0:
             raise ValueError(f"evidence_processes must be >= 0, got {self.evidence_processes}")
-        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
-            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+        if not is_device_name(self.device):
+            raise ValueError(f"device must be {DEVICE_NAMES}, got {self.device!r}")
 
 
 def training_device(name: str) -> torch.device:
