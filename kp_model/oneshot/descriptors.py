@@ -41,6 +41,10 @@ class DescriptorConfig:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
 
 
+_COPY_BLOCK_BYTES = 1 << 20  # dense samples are gathered by blocks of rows of about this size (3x faster than whole
+# sample planes on a 384-cell-wide grid: the strided writes stay in the CPU's cache)
+
+
 class PooledChannels:
     """Orientation + colour channels of one image, Gaussian-pooled at the three descriptor sigmas.
 
@@ -159,9 +163,14 @@ class PooledChannels:
         padded = [np.pad(p, ((pad, pad), (pad, pad), (0, 0)), mode="edge") for p in pooled]
         c = pooled[0].shape[2]
         samples = np.empty((hg, wg, len(offsets) * c), np.float32)  # one copy per sample, c floats per cell
-        for i, (level, (dx, dy)) in enumerate(offsets):
+        views = []
+        for level, (dx, dy) in offsets:
             oy, ox = pad + int(round(dy)), pad + int(round(dx))
-            np.copyto(samples[:, :, i * c : (i + 1) * c], padded[level][oy : oy + hg, ox : ox + wg])
+            views.append(padded[level][oy : oy + hg, ox : ox + wg])
+        rows = max(1, _COPY_BLOCK_BYTES // samples[0].nbytes)  # a block of rows stays in cache while its samples land
+        for r in range(0, hg, rows):
+            for i, view in enumerate(views):
+                np.copyto(samples[r : r + rows, :, i * c : (i + 1) * c], view[r : r + rows])
         return samples.reshape(hg * wg, -1), grid
 
 

@@ -265,14 +265,17 @@ class OneShotMatcher:
             qdesc, grid = self._channels(work, dcfg).dense()
             hg, wg = grid.shape[:2]
             origin = grid[0, 0].astype(np.float64)  # working px of grid cell (0, 0)
-            sims = (flat @ qdesc.T).reshape(n_rot, n_kp, hg, wg)
+            votes_in = flat @ qdesc.T  # (n_rot * n_kp, cells) similarities, turned into votes in place below
             grey = smooth_grey(work) if same_scene else None  # only the same-scene verification reads it
             votes.levels.append((qscale, qdesc, (hg, wg), grey, origin))
             level = len(votes.levels) - 1
             kernel = np.ones((2 * tol + 1, 2 * tol + 1), np.uint8)
             # each keypoint's votes dilated by the deformation tolerance, all rotations and keypoints in few calls
-            spread = dilate_stack(np.exp((sims - 1.0) / cfg.temperature, dtype=np.float32).reshape(n_rot * n_kp, hg, wg), kernel)
-            spread = np.log1p(spread / cfg.vote_floor).reshape(n_rot, n_kp, hg, wg)
+            # in place: the float32 values of exp((sims - 1) / T), without a temporary array per step
+            np.exp(np.divide(np.subtract(votes_in, 1.0, out=votes_in), cfg.temperature, out=votes_in), out=votes_in)
+            spread = dilate_stack(votes_in.reshape(n_rot * n_kp, hg, wg), kernel)
+            np.log1p(np.divide(spread, cfg.vote_floor, out=spread), out=spread)
+            spread = spread.reshape(n_rot, n_kp, hg, wg)
             prior = -0.5 * (np.log2(ratio) / cfg.scale_prior) ** 2
             centre_prior = np.zeros((hg, wg), np.float32)
             if cfg.centre_prior > 0:

@@ -81,3 +81,20 @@ def test_pooling_a_few_points_blurs_a_box_with_the_whole_images_values(where: st
         got = channels._pooled_at(level, points[:, 0], points[:, 1])
         want = _full_blur_samples(channels._channels, sigma * DescriptorConfig().object_size, points[:, 0], points[:, 1])
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3 * 45 * 17 * 11 * 4])  # one row per block; three rows
+def test_dense_samples_gathered_by_row_blocks_equal_whole_planes(monkeypatch, block_bytes: int) -> None:
+    """Dense descriptors gathered by blocks of rows (kept in cache) equal those copied one whole sample plane at a
+    time (a block larger than the grid): the same values in the same places."""
+    from kp_model.oneshot import descriptors
+
+    image = (np.random.default_rng(3).random((70, 90, 3)) * 255).astype(np.uint8)
+    cfg = DescriptorConfig()
+    monkeypatch.setattr(descriptors, "_COPY_BLOCK_BYTES", 1 << 40)
+    whole, grid = PooledChannels(image, cfg).dense()
+    monkeypatch.setattr(descriptors, "_COPY_BLOCK_BYTES", block_bytes)
+    blocks, grid_blocks = PooledChannels(image, cfg).dense()
+    assert whole.shape == (35 * 45, 17 * 11)
+    np.testing.assert_array_equal(blocks, whole)
+    np.testing.assert_array_equal(grid_blocks, grid)
