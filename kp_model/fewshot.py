@@ -191,15 +191,22 @@ class FewShotPredictor:
         self._supports.clear()
         self.add_support("0", image, keypoints, names)
 
-    def add_support(self, key: str, image: np.ndarray, keypoints: np.ndarray, names: list[str]) -> None:
+    def add_support(
+        self, key: str, image: np.ndarray, keypoints: np.ndarray, names: list[str], described: Predictor | None = None
+    ) -> None:
         """Add (or replace) the support ``key``: image (H, W, 3) uint8 RGB, keypoints (K, 2) px, K names.
+        ``described``: the engine's predictor with this very support already set (described elsewhere, e.g. in a
+        worker process: kp_model.parallel.PredictorPool.describe), used instead of a new one.
 
         Raises SupportError on bad input (kp_model.predictor.validate_support)."""
         kps = validate_support(image, keypoints, names)
-        if self.make_predictor is None:
+        if described is not None:
+            predictor = described
+        elif self.make_predictor is None:
             raise RuntimeError("this FewShotPredictor was unpickled without its engine factory: add supports to the original")
-        predictor = self.make_predictor()
-        predictor.set_support(image, kps, list(names))
+        else:
+            predictor = self.make_predictor()
+            predictor.set_support(image, kps, list(names))
         self._supports.pop(key, None)
         size = 1.2 * max(float(np.ptp(kps, axis=0).max()), 1.0)
         appearance = support_appearance(np.asarray(image), kps)

@@ -5,6 +5,7 @@ processes each using one compute thread scale with the cores.
 pool = PredictorPool(PoolConfig(processes=2))
 shipped = pool.ship(predictor)                 # pickled once per batch; None if the engine cannot travel
 preds = pool.predict(shipped, image)           # from any number of threads; runs in a worker process
+described = pool.describe(predictor, image, keypoints, names)  # a support's features computed in a worker
 pool.close()
 
 Only a *portable* predictor travels (``portable`` attribute True: no loaded weights, a small pickle): the
@@ -104,6 +105,24 @@ class PredictorPool:
             self._reset()
             return _predict(shipped.local, image, instances)
 
+    def describe(self, predictor: Predictor, image: np.ndarray, keypoints: np.ndarray, names: list[str]) -> Predictor:
+        """``predictor`` (no support set yet) with this support set (``set_support``: image (H, W, 3) uint8 RGB,
+        keypoints (K, 2) px, K names), its features computed in a worker and sent back; here when the pool is off
+        or the predictor is not portable. From any number of threads: supports described side by side.
+
+        An engine error (a bad support) is raised here as the worker raised it. A worker that died is logged, the
+        pool restarted, and this support described here."""
+        if not self.enabled or not is_portable(predictor):
+            predictor.set_support(image, keypoints, names)
+            return predictor
+        try:
+            return self._pool().submit(_describe, predictor, image, keypoints, list(names)).result()
+        except BrokenProcessPool:
+            log.error("a prediction worker process died; restarting the pool and describing this support in-process")
+            self._reset()
+            predictor.set_support(image, keypoints, names)
+            return predictor
+
     def close(self) -> None:
         """Stop the worker processes (started again on the next ``predict``)."""
         self._reset(wait=True)
@@ -142,6 +161,12 @@ def _init_worker(threads: int) -> None:
     from kp_model.threads import limit_threads
 
     limit_threads(threads)
+
+
+def _describe(predictor: Predictor, image: np.ndarray, keypoints: np.ndarray, names: list[str]) -> Predictor:
+    """In a worker: ``predictor`` with its support set (sent back pickled)."""
+    predictor.set_support(image, keypoints, names)
+    return predictor
 
 
 def _work(key: str, blob: bytes | None, image: np.ndarray, instances: bool, keep: int) -> list[KeypointPrediction] | None:

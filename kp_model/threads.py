@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def limit_threads(n: int) -> None:
@@ -21,3 +23,19 @@ def limit_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
     cv2.setNumThreads(n)
     threadpool_limits(limits=n)  # numpy's OpenBLAS and any other BLAS/OpenMP pool loaded so far
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block, restored after: for torch work that runs beside busy
+    worker processes (an OpenMP pool bigger than the cores left to it spins and runs several times slower)."""
+    import torch
+
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -16,23 +16,15 @@ import torch
 
 from kp_model.build import PredictorConfig, build_predictor
 from kp_model.config import DEVICE_NAMES, is_device_name
-from kp_model.fewshot import FewShotPredictor
 from kp_model.kptllm.checkpoint import build_model, load_checkpoint, save_checkpoint
 from kp_model.kptllm.configuration import KptLLMConfig
 from kp_model.kptllm.semantics import semantic_text
 from kp_model.parallel import PoolConfig, PredictorPool
 from kp_model.predictor import Predictor
 from kp_model.training.data import TrainingError, TrainSample
+from kp_model.training.evidence import Sides, gather_evidence
 from kp_model.training.loop import TrainConfig, train
-from kp_model.training.promotion import (
-    Paired,
-    PromotionRule,
-    decide,
-    evidence_rows,
-    served_pck,
-    served_predictor,
-    support_key,
-)
+from kp_model.training.promotion import PromotionRule, decide, evidence_rows
 from kp_model.training.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -147,24 +139,13 @@ def run_finetune(
     def engine(v: str | None) -> Callable[[], Predictor]:
         return lambda: build_predictor(store.predictor_config(settings.default, v))
 
-    few = settings.default.fewshot
-    evidence = []
     fresh = [s for s in train_set if s.key not in trained_before]
     earlier = [s for s in train_set if s.key in trained_before]
-    prequential = base is not None and base != served and bool(fresh) and bool(earlier)
+    # the base's evidence is about the candidate's line of models only when the base is not the served model itself
+    sides = Sides(engine(served), engine(version), engine(base) if base is not None and base != served else None)
     pool = PredictorPool(PoolConfig(processes=settings.evidence_processes, threads=1))
     try:
-        now_all = served_predictor(engine(served), train_set, few) if held_set or prequential else None
-        if held_set:  # the candidate itself, on images nobody trained on
-            cand = served_pck(served_predictor(engine(version), train_set, few), held_set)
-            now = served_pck(now_all, held_set, pool)
-            evidence += [Paired(s.key, "heldout", c, n) for s, c, n in zip(held_set, cand, now, strict=True)]
-        if prequential:  # the candidate's base, on the newest corrections
-            old = served_pck(served_predictor(engine(base), earlier, few), fresh)
-            drop = {s.key for s in fresh}
-            before = _without(now_all, train_set, drop, lambda: served_predictor(engine(served), earlier, few))
-            now = served_pck(before, fresh, pool)
-            evidence += [Paired(s.key, "prequential", o, n) for s, o, n in zip(fresh, old, now, strict=True)]
+        evidence = gather_evidence(sides, train_set, held_set, fresh, earlier, settings.default.fewshot, pool)
     finally:
         pool.close()
     promote, reason = decide(evidence, settings.rule)
@@ -200,21 +181,3 @@ def run_finetune(
         store.promote(version)
     log.info("version %s: %s (%s)", version, record["decision"], reason)
     return {**record, "version": version}
-
-
-def _without(
-    predictor: FewShotPredictor | None,
-    supports: list[TrainSample],
-    drop: set[str],
-    rebuild: Callable[[], FewShotPredictor | None],
-) -> FewShotPredictor | None:
-    """``predictor`` (``served_predictor`` of ``supports``) without the supports whose sample key is in ``drop``, its
-    features shared, not recomputed; ``rebuild()`` instead when its cap evicted some of ``supports`` (the ones it
-    would keep without ``drop`` are not those the service keeps)."""
-    if predictor is None or len(predictor.support_keys) < sum(bool(np.asarray(s.visible).any()) for s in supports):
-        return rebuild()
-    out = predictor.copy()
-    for i, s in enumerate(supports):
-        if s.key in drop:
-            out.remove_support(support_key(i, s))
-    return out if out.is_support_set else None

@@ -30,7 +30,7 @@ from kp_model.config import JsonConfig
 from kp_model.evaluation.metrics import normalised_errors, reference_box
 from kp_model.fewshot import FewShotConfig, FewShotPredictor
 from kp_model.fusion import reorder
-from kp_model.parallel import PredictorPool
+from kp_model.parallel import PredictorPool, Shipped
 from kp_model.predictor import KeypointPrediction, Predictor
 from kp_model.training.data import TrainSample
 
@@ -106,18 +106,29 @@ def support_key(index: int, sample: TrainSample) -> str:
 
 
 def served_predictor(
-    make_predictor: Callable[[], Predictor], supports: Sequence[TrainSample], fewshot: FewShotConfig | None = None
+    make_predictor: Callable[[], Predictor],
+    supports: Sequence[TrainSample],
+    fewshot: FewShotConfig | None = None,
+    pool: PredictorPool | None = None,
 ) -> FewShotPredictor | None:
     """The predictor as the service builds it, for ``served_errors``: one ``FewShotPredictor`` of ``make_predictor``'s
     engine with every support's visible keypoints (keys ``support_key``); None when no support has a visible keypoint.
     Its points are the service's; the cycle check is off (it moves only scores, which the evidence does not read, and
-    costs a match per query)."""
+    costs a match per query). With ``pool``, a portable engine's supports are described in its worker processes, side
+    by side (the same features)."""
     predictor = FewShotPredictor(make_predictor, replace(fewshot or FewShotConfig(), cycle_weight=0.0))
+    shown = []
     for i, s in enumerate(supports):
         vis = np.asarray(s.visible, bool)
         if vis.any():
             names = [n for n, v in zip(s.names, vis, strict=True) if v]
-            predictor.add_support(support_key(i, s), s.image, np.asarray(s.keypoints, np.float64)[vis], names)
+            shown.append((support_key(i, s), s.image, np.asarray(s.keypoints, np.float64)[vis], names))
+    described: list[Predictor | None] = [None] * len(shown)
+    if pool is not None and pool.enabled and len(shown) > 1:
+        with ThreadPoolExecutor(pool.cfg.processes) as threads:  # each thread waits on one worker process
+            described = list(threads.map(lambda sh: pool.describe(make_predictor(), *sh[1:]), shown))
+    for (key, image, keypoints, names), done in zip(shown, described, strict=True):
+        predictor.add_support(key, image, keypoints, names, described=done)
     return predictor if predictor.is_support_set else None
 
 
@@ -129,27 +140,53 @@ def served_errors(
     next ones, the vote); no error at all for every query when there is no predictor (no support). With ``pool``,
     a portable predictor (the weight-free engine) answers the queries in its worker processes, side by side; the
     answers are the same."""
-    if predictor is None:
-        return [np.zeros(0) for _ in queries]
+    [errors] = served_errors_of([(predictor, queries)], pool)
+    return errors
+
+
+def served_errors_of(
+    groups: Sequence[tuple[FewShotPredictor | None, Sequence[TrainSample]]], pool: PredictorPool | None = None
+) -> list[list[np.ndarray]]:
+    """``served_errors`` of several (predictor, queries) groups, all their queries in the pool's workers at once (a
+    worker that finishes one group's last query starts the next group's)."""
+    jobs = [(predictor, q) for predictor, queries in groups if predictor is not None for q in queries]
+    answers = iter(_answers(jobs, pool))
     out = []
-    for q, pred in zip(queries, _answers(predictor, queries, pool), strict=True):
-        points = reorder(pred, q.names).points  # (nan, nan) where the answer lacks the name
-        counted = np.asarray(q.visible, bool) & np.isfinite(points).all(axis=1)
-        if not counted.any():
-            out.append(np.zeros(0))
-            continue
-        box = reference_box(q.keypoints, q.visible, q.bbox)
-        out.append(normalised_errors(points[counted], np.asarray(q.keypoints, np.float64)[counted], box))
+    for predictor, queries in groups:
+        errors = []
+        for q in queries:
+            if predictor is None:
+                errors.append(np.zeros(0))
+                continue
+            points = reorder(next(answers), q.names).points  # (nan, nan) where the answer lacks the name
+            counted = np.asarray(q.visible, bool) & np.isfinite(points).all(axis=1)
+            if not counted.any():
+                errors.append(np.zeros(0))
+                continue
+            box = reference_box(q.keypoints, q.visible, q.bbox)
+            errors.append(normalised_errors(points[counted], np.asarray(q.keypoints, np.float64)[counted], box))
+        out.append(errors)
     return out
 
 
-def _answers(predictor: FewShotPredictor, queries: Sequence[TrainSample], pool: PredictorPool | None) -> list[KeypointPrediction]:
-    """``predictor``'s answer to each query's image: in ``pool``'s workers when it can travel, else here in turn."""
-    shipped = pool.ship(predictor) if pool is not None and len(queries) > 1 else None
-    if shipped is None:
-        return [predictor.predict([q.image])[0] for q in queries]
+def _answers(jobs: Sequence[tuple[FewShotPredictor, TrainSample]], pool: PredictorPool | None) -> list[KeypointPrediction]:
+    """Each (predictor, query)'s answer to the query's image: in ``pool``'s workers when the predictor can travel
+    (shipped once), else here in turn."""
+    shipped: dict[int, Shipped | None] = {}
+    for predictor, _ in jobs:
+        if id(predictor) not in shipped:
+            travels = pool is not None and sum(p is predictor for p, _ in jobs) > 1
+            shipped[id(predictor)] = pool.ship(predictor) if travels else None
+
+    def one(job: tuple[FewShotPredictor, TrainSample]) -> KeypointPrediction:
+        predictor, q = job
+        ready = shipped[id(predictor)]
+        return pool.predict(ready, q.image)[0] if ready is not None else predictor.predict([q.image])[0]
+
+    if not any(shipped.values()):
+        return [one(job) for job in jobs]
     with ThreadPoolExecutor(pool.cfg.processes) as threads:  # each thread waits on one worker process
-        return [pred for [pred] in threads.map(lambda q: pool.predict(shipped, q.image), queries)]
+        return list(threads.map(one, jobs))
 
 
 def served_pck(
@@ -157,7 +194,12 @@ def served_pck(
 ) -> list[float]:
     """PCK@0.2 of each query predicted as served (``served_errors``, ``pool`` as there); NaN for a query with no
     counted keypoint."""
-    return [float(np.mean(e <= 0.2)) if len(e) else float("nan") for e in served_errors(predictor, queries, pool)]
+    return pck_of(served_errors(predictor, queries, pool))
+
+
+def pck_of(errors: Sequence[np.ndarray]) -> list[float]:
+    """PCK@0.2 of each query's normalised errors; NaN for a query with none."""
+    return [float(np.mean(e <= 0.2)) if len(e) else float("nan") for e in errors]
 
 
 def evidence_rows(evidence: Sequence[Paired]) -> list[dict]:

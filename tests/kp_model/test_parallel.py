@@ -67,6 +67,25 @@ def test_worker_answers_equal_in_process_answers(pool, mouse) -> None:
         np.testing.assert_allclose(a.points, b.points, atol=1e-3)
 
 
+def test_a_support_described_in_a_worker_equals_one_described_here(pool, mouse) -> None:
+    from kp_model.predictor import SupportError
+    from tests.kp_model.training.test_promotion import CopySupport
+
+    support, kps, names, queries = mouse
+    here = build_predictor(PredictorConfig())
+    here.set_support(support, kps, names)
+    there = pool.describe(build_predictor(PredictorConfig()), support, kps, names)
+    assert there is not here and there.support_names == names
+    np.testing.assert_array_equal(there._template.descriptors, here._template.descriptors)
+    np.testing.assert_array_equal(there._template.cross_descriptors, here._template.cross_descriptors)
+    [a], [b] = there.predict([queries[0]]), here.predict([queries[0]])
+    np.testing.assert_allclose(a.points, b.points, atol=1e-3)
+    with pytest.raises(SupportError, match="inside"):  # a bad support fails as it would here
+        pool.describe(build_predictor(PredictorConfig()), support, kps + 10_000, names)
+    local = CopySupport()  # not portable: described here, the same object
+    assert pool.describe(local, support, kps, names) is local and local.support_names == names
+
+
 def test_fewshot_travels_without_its_factory(pool, mouse) -> None:
     support, kps, names, queries = mouse
     fewshot = FewShotPredictor(lambda: build_predictor(PredictorConfig()))  # a closure: not picklable itself

@@ -102,41 +102,6 @@ def test_store_serves_a_version_through_the_one_builder(tmp_path: Path) -> None:
     assert cfg.engine == "kptllm" and cfg.checkpoint == str(tmp_path / "versions" / "v0007")
 
 
-def test_the_served_side_without_the_newest_corrections_reuses_its_features() -> None:
-    from kp_model.fewshot import FewShotConfig
-    from kp_model.training.finetune import _without
-    from kp_model.training.promotion import served_pck, served_predictor
-    from tests.kp_model.training.test_promotion import CopySupport, sample
-
-    built = []
-
-    def engine() -> CopySupport:
-        built.append(1)
-        return CopySupport()
-
-    supports = [
-        sample(1, [[10, 10], [90, 10]], [True, True], "a"),
-        sample(2, [[20, 40], [80, 40]], [True, True], "b"),
-        sample(3, [[30, 20], [70, 20]], [True, True], "c"),
-    ]
-    query = sample(2, [[20, 40], [80, 40]], [True, True], "q")  # the image of b: b answers while it is a support
-    everything = served_predictor(engine, supports, FewShotConfig(vote=False))
-    assert len(built) == 3 and served_pck(everything, [query]) == [1.0]
-
-    def rebuild():
-        raise AssertionError("rebuilt although nothing was evicted")
-
-    without_b = _without(everything, supports, {"b"}, rebuild)
-    assert len(built) == 3 and without_b is not None and without_b.support_keys == ["0:a", "2:c"]
-    assert everything.support_keys == ["0:a", "1:b", "2:c"]  # the original keeps its supports
-    # without b another support answers, as when built from a and c alone: its points are over 0.2 x 100 px off
-    assert served_pck(without_b, [query]) == served_pck(served_predictor(CopySupport, [supports[0], supports[2]]), [query])
-    assert served_pck(without_b, [query])[0] < 1.0
-    assert _without(everything, supports, {"a", "b", "c"}, rebuild) is None
-    capped = served_predictor(CopySupport, supports, FewShotConfig(vote=False, max_supports=2))  # "a" was evicted
-    assert _without(capped, supports, {"b"}, lambda: "rebuilt") == "rebuilt"
-
-
 def test_the_training_device_is_checked_before_anything_is_written(tmp_path: Path, blob_samples, small_config) -> None:
     import torch
 

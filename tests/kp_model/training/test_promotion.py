@@ -12,6 +12,7 @@ from kp_model.training.promotion import (
     PromotionRule,
     decide,
     served_errors,
+    served_errors_of,
     served_pck,
     served_predictor,
     sign_test,
@@ -107,6 +108,11 @@ def test_evidence_is_scored_as_served_from_the_nearest_support() -> None:
     assert np.isnan(served_pck(None, [near_a])[0])  # no support: nothing counted
     hidden = sample(3, [[0, 0], [0, 0]], [False, False], "c")
     assert served_predictor(CopySupport, [hidden]) is None  # no visible keypoint: no support either
+    # several groups at once: each group's errors as asked alone, a group without a predictor has none
+    only_b = served_predictor(CopySupport, supports[1:])
+    groups = served_errors_of([(predictor, [near_a, near_b]), (None, [near_a]), (only_b, [near_a]), (only_b, [])])
+    # b has only a nose, at (20, 40): 10 px right and 10 px below q1's
+    assert [[e.tolist() for e in g] for g in groups] == [[[0.2, 0.0], [0.0]], [[]], [[np.hypot(10, 10) / 100]], []]
 
 
 def test_evidence_answered_in_worker_processes_equals_in_turn(mouse_dir) -> None:
