@@ -70,8 +70,13 @@ def gather_evidence(
     # beside the pool's busy workers this thread's torch work gets one thread (more spin and run slower)
     with torch_threads(1) if pool is not None and pool.enabled else nullcontext(), ThreadPoolExecutor(1) as side:
         served = side.submit(served_side)
-        candidate = served_pck(served_predictor(sides.candidate, train_set, fewshot), held_set) if held_set else []
-        old = served_pck(served_predictor(sides.base, earlier, fewshot), fresh) if sides.base and prequential else []
+        try:
+            candidate = served_pck(served_predictor(sides.candidate, train_set, fewshot), held_set) if held_set else []
+            old = served_pck(served_predictor(sides.base, earlier, fewshot), fresh) if sides.base and prequential else []
+        except BaseException:
+            if (also := served.exception()) is not None:  # waits for the served side; its error is not lost either
+                log.error("evidence: the served side failed too: %r", also)
+            raise
         log.info("evidence: candidate side in %.1fs", time.perf_counter() - t0)
         now_held, now_fresh = served.result()
     evidence = [Paired(s.key, "heldout", c, n) for s, c, n in zip(held_set, candidate, pck_of(now_held), strict=True)]

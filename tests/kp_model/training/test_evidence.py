@@ -45,12 +45,14 @@ def test_each_side_answers_from_its_own_supports() -> None:
     assert gather_evidence(sides, [a], [], [], [a], PLAIN) == []
 
 
-@pytest.mark.parametrize("side", ["served", "candidate"])
-def test_an_error_on_either_side_is_raised(side: str) -> None:
+@pytest.mark.parametrize("broken", [("served",), ("candidate",), ("served", "candidate")])
+def test_an_error_on_either_side_is_raised(broken: tuple[str, ...], caplog) -> None:
     a, h = sample(1, A, [True, True], "a"), sample(1, A, [True, True], "h")
-    engines = {"served": CopySupport, "candidate": CopySupport, "base": None} | {side: Broken}
+    engines = {"served": CopySupport, "candidate": CopySupport, "base": None} | dict.fromkeys(broken, Broken)
     with pytest.raises(RuntimeError, match="engine broke"):
         gather_evidence(Sides(**engines), [a], [h], [], [], PLAIN)
+    # both broken: the candidate's error is raised, the served side's logged
+    assert ("served side failed too" in caplog.text) == (len(broken) == 2)
 
 
 @pytest.mark.slow
