@@ -270,7 +270,7 @@ class OneShotMatcher:
             votes.levels.append((qscale, qdesc, (hg, wg), grey, origin))
             level = len(votes.levels) - 1
             kernel = np.ones((2 * tol + 1, 2 * tol + 1), np.uint8)
-            # each keypoint's votes dilated by the deformation tolerance, all rotations and keypoints in few calls
+            # each keypoint's votes dilated by the deformation tolerance, every rotation and keypoint (dilate_stack)
             # in place: the float32 values of exp((sims - 1) / T), without a temporary array per step
             np.exp(np.divide(np.subtract(votes_in, 1.0, out=votes_in), cfg.temperature, out=votes_in), out=votes_in)
             spread = dilate_stack(votes_in.reshape(n_rot * n_kp, hg, wg), kernel)

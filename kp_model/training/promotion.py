@@ -20,6 +20,7 @@ PCK@0.2 worse than the served engine on the frames not labelled yet (`kpassist b
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -153,11 +154,11 @@ def served_errors_of(
     answers = iter(_answers(jobs, pool))
     out = []
     for predictor, queries in groups:
+        if predictor is None:  # no support: nothing counted
+            out.append([np.zeros(0) for _ in queries])
+            continue
         errors = []
         for q in queries:
-            if predictor is None:
-                errors.append(np.zeros(0))
-                continue
             points = reorder(next(answers), q.names).points  # (nan, nan) where the answer lacks the name
             counted = np.asarray(q.visible, bool) & np.isfinite(points).all(axis=1)
             if not counted.any():
@@ -172,11 +173,11 @@ def served_errors_of(
 def _answers(jobs: Sequence[tuple[FewShotPredictor, TrainSample]], pool: PredictorPool | None) -> list[KeypointPrediction]:
     """Each (predictor, query)'s answer to the query's image: in ``pool``'s workers when the predictor can travel
     (shipped once), else here in turn."""
-    shipped: dict[int, Shipped | None] = {}
-    for predictor, _ in jobs:
-        if id(predictor) not in shipped:
-            travels = pool is not None and sum(p is predictor for p, _ in jobs) > 1
-            shipped[id(predictor)] = pool.ship(predictor) if travels else None
+    uses = Counter(id(predictor) for predictor, _ in jobs)
+    distinct = {id(predictor): predictor for predictor, _ in jobs}
+    shipped: dict[int, Shipped | None] = {
+        key: pool.ship(predictor) if pool is not None and uses[key] > 1 else None for key, predictor in distinct.items()
+    }
 
     def one(job: tuple[FewShotPredictor, TrainSample]) -> KeypointPrediction:
         predictor, q = job
