@@ -3,15 +3,15 @@ against the few supports nearest to it by a cheap global image descriptor (on a 
 and their answers are fused per keypoint: the answer most supports agree on wins, and supports that disagree on a
 keypoint lower its score (so scores rank errors). With one support shortlisted (the default), the next nearest
 supports check its pose (``vote``): two that agree with each other against it replace it (a head/tail flip of the
-nearest frame's match). In the nearest support's scene (a video), the answer is then checked against the support it
-came from by appearance (``verify``, kp_model.appearance): when it correlates poorly, the next nearest supports answer
-too and the one whose answer looks most like its own support replaces it, by a margin or backed by a third
-support's answer (agreeing with it); scores are scaled by the correlation (so flips and misses rank low; with one
-support too). Last, each keypoint is averaged with the next nearest supports' answers that fall near it (``blend``),
-and its score lowered when they place it elsewhere (``agreement``). Then the answer is matched back onto the support
-it came from (``cycle``, kp_model.cycle): a keypoint that does not lead back to the support's own keypoint has its
-score lowered, with any number of supports (so scores rank errors from the first label). The combining functions
-live in kp_model.fusion.
+nearest frame's match). The answer is then checked against the support it came from by appearance (``verify``,
+kp_model.appearance). In the nearest support's scene (a video), when it correlates poorly, the next nearest supports
+answer too and the one whose answer looks most like its own support replaces it, by a margin or backed by a third
+support's answer (agreeing with it). In any project, scores are scaled by the correlation (so flips, misses and
+answers unlike their support rank low; with one support too). Last, in the scene, each keypoint is averaged with
+the next nearest supports' answers that fall near it (``blend``), and its score lowered when they place it elsewhere
+(``agreement``). Then the answer is matched back onto the support it came from (``cycle``, kp_model.cycle): a
+keypoint that does not lead back to the support's own keypoint has its score lowered, with any number of supports
+(so scores rank errors from the first label). The combining functions live in kp_model.fusion.
 
 predictor = FewShotPredictor(lambda: build_predictor(cfg))
 predictor.add_support("12", image, keypoints, names)    # one per labelled image, features cached per key
@@ -64,17 +64,20 @@ class FewShotConfig(JsonConfig):
     # errors worse in `kpassist bench fewshot` (mouse AUROC 0.72 -> 0.63 at k = 5), so it is off by default
     verify_supports: int = 6  # shortlist 1, the nearest's scene: supports whose answers compete when the answer fails
     # the appearance check (1 = no check; chosen on the mouse video's first half of frames: more found more flips)
-    verify_scene: float = 0.8  # the check runs when the nearest support's global similarity is at least this (the
-    # same scene: a fixed-camera video); other individuals differ in grey level, which the check reads
+    verify_scene: float = 0.8  # the check replaces answers (and the blend runs) when the nearest support's global
+    # similarity is at least this (the same scene: a fixed-camera video); other individuals differ in grey level, so
+    # there it only scores: an answer that does not look like its support ranks low in any project
     verify_below: float = 0.9  # the answer fails the check when its correlation with its support is below this
     verify_margin: float = 0.2  # another support's answer replaces it when its correlation is higher by this much, or
     # higher at all when a third support's answer backs it (agrees within vote_agree). Chosen on the mouse video's
     # first half of frames: the margin rule alone (0.7, 0.2) missed flips at k = 20; the backed rule alone (0.9, margin
     # 0 for both) lost the margin's replacements where no third support can back (few supports)
     verify_score_power: float = 2.0  # checked answers' scores x their correlation (floored at 0) to this power, one
-    # support or many: flips rank low (0: scores as the engine gives them). Chosen on the mouse's first half of frames:
-    # the correlation ranks bad tasks better than the engine's scores at k = 1-2, the product at k = 20; 4 ranked a
-    # little better but pushed some right answers under KPASSIST_SCORE_THRESHOLD at k = 1 (their points left out)
+    # support or many, in any scene: flips and other individuals' poorly matched answers rank low (0: scores as the
+    # engine gives them; outside the scene too since the pooled ranking of issue 11, same power). Chosen on the
+    # mouse's first half of frames: the correlation ranks bad tasks better than the engine's scores at k = 1-2, the
+    # product at k = 20; 4 ranked a little better but pushed some right answers under KPASSIST_SCORE_THRESHOLD at
+    # k = 1 (their points left out)
     verify_score_floor: float = 0.05  # the check and the agreement (agree_score_weight) lower a score to this at most
     # (KPASSIST_SCORE_THRESHOLD's default): a keypoint the engine would show is not hidden by them
     blend_supports: int = 4  # shortlist 1, the nearest's scene: each keypoint is averaged with the answers, among
@@ -286,9 +289,16 @@ class FewShotPredictor:
         source = keys[0]  # with one support shortlisted: the support the answer came from
         if vote:
             points, scores, source = self._vote(answer, points, scores, keys)
-        if single and ranked[0][1] >= cfg.verify_scene:  # the nearest support's scene: a video
-            if cfg.verify_supports > 1:
-                points, scores, source = self._verify(answer, smooth_grey(image), names, points, scores, source, keys)
+        scene = single and ranked[0][1] >= cfg.verify_scene  # the nearest support's scene: a video
+        if single and cfg.verify_supports > 1:  # the check replaces answers only in the scene; it scores them anywhere
+            grey = smooth_grey(image)
+            if scene:
+                points, scores, source, ncc = self._verify(answer, grey, names, points, scores, source, keys)
+            else:
+                ncc = self._correlation(source, grey, points, names)
+            if cfg.verify_score_power > 0 and np.isfinite(ncc):
+                scores = lower(scores, max(ncc, 0.0) ** cfg.verify_score_power, cfg.verify_score_floor)
+        if scene:
             if cfg.blend_supports > 1:
                 others = [answer(key).points for key in keys[: cfg.blend_supports] if key != source]
                 radius = cfg.blend_radius * self._supports[keys[0]].size
@@ -337,15 +347,13 @@ class FewShotPredictor:
         scores: np.ndarray,
         source: str,
         keys: list[str],
-    ) -> tuple[np.ndarray, np.ndarray, str]:
+    ) -> tuple[np.ndarray, np.ndarray, str, float]:
         """The appearance check of the answer (points (K, 2) px in ``names`` order, scores (K,)) from support
         ``source``, against that support (kp_model.appearance; ``grey``: the query's ``smooth_grey``). Below
         ``verify_below``, every support of ``keys`` (the nearest ``verify_supports``) answers and the one whose answer
         correlates best with its own support replaces it when better by ``verify_margin``, or better at all when the
-        answer of another of them (not the one checked) agrees with it (``backed``). The scores kept are scaled
-        by their answer's correlation (floored at 0) to the power ``verify_score_power``, but not below
-        ``verify_score_floor`` (a NaN correlation leaves them). Returns points, scores and the key of the support
-        they came from."""
+        answer of another of them (not the one checked) agrees with it (``backed``). Returns points, scores, the key
+        of the support they came from and their correlation with it (nan when it cannot be told)."""
         cfg = self.cfg
         best = self._correlation(source, grey, points, names)
         if best < cfg.verify_below:
@@ -357,9 +365,7 @@ class FewShotPredictor:
                 ncc = self._correlation(key, grey, pred.points, names)
                 if ncc > best and (ncc > incumbent + cfg.verify_margin or self._backed(answer, key, keys, source)):
                     best, points, scores, source = ncc, pred.points, pred.scores, key
-        if cfg.verify_score_power > 0 and np.isfinite(best):
-            scores = lower(scores, max(best, 0.0) ** cfg.verify_score_power, cfg.verify_score_floor)
-        return points, scores, source
+        return points, scores, source, best
 
     def _backed(self, answer: Callable[[str], KeypointPrediction], key: str, keys: list[str], source: str) -> bool:
         """True when the answer of another of the nearest ``verify_supports`` supports (``keys``; neither ``key`` nor

@@ -177,13 +177,24 @@ def test_a_better_answer_that_a_third_support_backs_replaces_it_without_the_marg
     assert pred.points.tolist() == [list(HEAD), list(TAIL)]
 
 
-def test_no_appearance_check_when_off_or_in_another_scene(animal_image) -> None:
+def test_no_appearance_check_when_off_and_in_another_scene_it_only_scores(animal_image) -> None:
     query = animal_image(HEAD, TAIL)
-    for cfg in (_cfg(**ALONE), _cfg(verify_scene=0.999)):
+    # off: the flip as the engine answered it; another scene: not replaced (no other support asked), but its scores
+    # fall to the floor, 0.05 (the flip correlates negatively with its support), so it ranks low in any project
+    for cfg, expected in ((_cfg(**ALONE), 0.9), (_cfg(verify_scene=0.999), 0.05)):
         Recorder.asked = []
         [pred] = _flipped_nearest(animal_image, cfg).predict([query])
         assert Recorder.asked == [50] and pred.points.tolist() == [list(TAIL), list(HEAD)]
-        assert pred.scores == pytest.approx([0.9, 0.9])
+        assert pred.scores == pytest.approx([expected, expected])
+
+
+def test_in_another_scene_a_look_alike_answer_keeps_its_scores(animal_image) -> None:
+    # the answer matches its support's appearance (the same animal and pose; only the floor moved): its scores x its
+    # correlation squared stay far above the floor a flip falls to
+    p = FewShotPredictor(Recorder, _cfg(verify_scene=0.999))
+    p.add_support("same", animal_image(HEAD, TAIL), np.array([HEAD, TAIL], float), ["nose", "tail"])
+    [pred] = p.predict([animal_image(HEAD, TAIL, 4)])  # its floor moved: another scene by the threshold
+    assert pred.scores.min() > 0.9 * 0.5 and pred.scores.max() < 0.9
 
 
 def test_a_failed_check_without_a_clearly_better_answer_keeps_it_and_lowers_its_scores(animal_image) -> None:
