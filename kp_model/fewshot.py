@@ -60,6 +60,12 @@ class FewShotConfig(JsonConfig):
     # with it and agree with each other (fixed head/tail flips: issue 11, chosen on the mouse video's first half)
     vote_agree: float = 0.1  # two poses agree when their mean keypoint distance is <= this x the support's size (the
     # vote; and the check: an answer replaces the checked one only when another support's answer agrees with it)
+    twin_radius: float = 0.2  # two supports whose labelled poses lie within this x the nearest support's size of each
+    # other (px, in their own images: in a fixed-camera video, the animal at the same place in the same pose) are
+    # twins: their answers agreeing is one support's say, so twins neither vote together nor back each other (0 =
+    # off). Two adjacent frames, twins, gave the same flip and overturned right answers (issue 12, random order at
+    # k = 10). Chosen among 0.1-0.3 on the mouse video's first half of frames (the loop bench's supports, both
+    # orders, k = 5-20): 0.2 and 0.3 tied, the smaller kept
     disagree_factor: float = 1.0  # scores x this when the 2nd nearest's pose disagrees with the answer; 0.5 ranked the
     # errors worse in `kpassist bench fewshot` (mouse AUROC 0.72 -> 0.63 at k = 5), so it is off by default
     verify_supports: int = 6  # shortlist 1, the nearest's scene: supports whose answers compete when the answer fails
@@ -110,6 +116,8 @@ class FewShotConfig(JsonConfig):
             raise ValueError(f"similarity_temperature must be > 0, got {self.similarity_temperature}")
         if self.vote_agree <= 0:
             raise ValueError(f"vote_agree must be > 0, got {self.vote_agree}")
+        if self.twin_radius < 0:
+            raise ValueError(f"twin_radius must be >= 0, got {self.twin_radius}")
         if not 0 <= self.disagree_factor <= 1:
             raise ValueError(f"disagree_factor must be in [0, 1], got {self.disagree_factor}")
         if self.verify_supports < 1:
@@ -333,6 +341,8 @@ class FewShotPredictor:
             return points, scores, keys[0]
         third = answer(keys[2])
         factor = self.cfg.disagree_factor
+        if self._twins(keys[1], keys[2], size):  # one support's say twice: no majority against the nearest
+            return points, scores * factor, keys[0]
         if pose_distance(second.points, third.points) <= self.cfg.vote_agree * size < pose_distance(points, third.points):
             key, best = (keys[1], second) if second.score >= third.score else (keys[2], third)
             return best.points, best.scores * factor, key
@@ -372,9 +382,22 @@ class FewShotPredictor:
         ``source``, the answer it would replace) agrees with ``key``'s answer: mean keypoint distance <= ``vote_agree``
         x the nearest support's size. A correlation a little better than the checked answer's is not enough alone:
         with supports far apart (5 in a video), a wrong answer can look like its own support as well as a right one."""
-        limit = self.cfg.vote_agree * self._supports[keys[0]].size
-        others = [k for k in keys[: self.cfg.verify_supports] if k not in (key, source)]
-        return any(pose_distance(answer(key).points, answer(k).points) <= limit for k in others)
+        size = self._supports[keys[0]].size
+        others = [k for k in keys[: self.cfg.verify_supports] if k not in (key, source) and not self._twins(k, key, size)]
+        return any(pose_distance(answer(key).points, answer(k).points) <= self.cfg.vote_agree * size for k in others)
+
+    def _twins(self, a: str, b: str, size: float) -> bool:
+        """True when supports ``a`` and ``b`` are twins: their labelled poses (px, each in its own image, over the
+        names both have) lie within ``twin_radius`` x ``size`` px of each other (mean keypoint distance)."""
+        if self.cfg.twin_radius <= 0:
+            return False
+        sa, sb = self._supports[a], self._supports[b]
+        common = [n for n in sa.names if n in sb.names]
+        if not common:
+            return False
+        pa = sa.keypoints[[sa.names.index(n) for n in common]]
+        pb = sb.keypoints[[sb.names.index(n) for n in common]]
+        return pose_distance(pa, pb) <= self.cfg.twin_radius * size
 
     def _correlation(self, key: str, grey: np.ndarray, points: np.ndarray, names: list[str]) -> float:
         """kp_model.appearance.appearance_score of an answer (points (K, 2) px in ``names`` order) against support

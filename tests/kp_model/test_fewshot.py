@@ -14,8 +14,9 @@ ALONE = {"verify_supports": 1, "blend_supports": 1}  # no appearance check, no b
 
 def _cfg(**fields) -> FewShotConfig:
     """The settings of the vote, check and blend tests: the cycle check off (its tests are the last ones), so the
-    engines are asked only by the step tested and scores are those steps' own."""
-    return FewShotConfig(**{"cycle_weight": 0.0, **fields})
+    engines are asked only by the step tested and scores are those steps' own; twins off (a Recorder answers its own
+    labelled pose, so supports that agree are twins: their tests set twin_radius and use an Answerer)."""
+    return FewShotConfig(**{"cycle_weight": 0.0, "twin_radius": 0.0, **fields})
 
 
 class Recorder:
@@ -41,6 +42,17 @@ class Recorder:
     def predict(self, images):
         Recorder.asked.append(self.tag)
         return [KeypointPrediction(self.names, self.kps.copy(), np.full(len(self.names), 0.9)) for _ in images]
+
+
+class Answerer(Recorder):
+    """A Recorder that answers the pose ``answers[tag]`` whatever its support's labelled pose (its own if none)."""
+
+    answers: dict[int, list[list[float]]] = {}
+
+    def predict(self, images):
+        Recorder.asked.append(self.tag)
+        pose = np.asarray(Answerer.answers.get(self.tag, self.kps), float)
+        return [KeypointPrediction(self.names, pose.copy(), np.full(len(self.names), 0.9)) for _ in images]
 
 
 def scene(seed: int) -> np.ndarray:
@@ -86,11 +98,16 @@ def test_with_the_default_engine(blob_image, blob_names) -> None:
     assert pred.names == blob_names and np.linalg.norm(pred.points - truth, axis=1).max() < 6
 
 
-def _voters(poses: list[list[list[float]]], cfg: FewShotConfig | None = None) -> FewShotPredictor:
-    """Supports answering ``poses`` (nearest to ``scene(40)`` first: each image is scene(40) mixed with more noise)."""
-    p = FewShotPredictor(Recorder, cfg or _cfg(**ALONE))  # the vote alone (the check, the blend: below)
+def _voters(
+    poses: list[list[list[float]]], cfg: FewShotConfig | None = None, labelled: list[list[list[float]]] | None = None
+) -> FewShotPredictor:
+    """Supports answering ``poses`` (nearest to ``scene(40)`` first: each image is scene(40) mixed with more noise),
+    labelled at ``labelled`` (default: the poses they answer; else they are Answerers)."""
+    engine = Recorder if labelled is None else Answerer
+    Answerer.answers = {50 + rank: pose for rank, pose in enumerate(poses)}
+    p = FewShotPredictor(engine, cfg or _cfg(**ALONE))  # the vote alone (the check, the blend: below)
     base, noise = scene(40).astype(float), scene(41).astype(float)
-    for rank, pose in enumerate(poses):
+    for rank, pose in enumerate(labelled or poses):
         img = ((1 - 0.25 * rank) * base + 0.25 * rank * noise).astype(np.uint8)
         img[0, 0, 0] = 50 + rank  # the Recorder's tag: 50 nearest, 51 second, 52 third
         p.add_support(f"s{rank}", img, np.array(pose), ["nose", "tail"])
@@ -108,6 +125,18 @@ def test_two_next_supports_that_agree_overturn_a_flipped_nearest() -> None:
     assert Recorder.asked == [50, 51, 52]
     assert pred.points.tolist() == HEAD_TAIL  # the second's answer (equal scores: the second wins the tie)
     assert pred.scores == pytest.approx([0.9, 0.9])  # disagree_factor 1 by default
+
+
+def test_twins_agreeing_against_the_nearest_are_one_say_and_do_not_overturn_it() -> None:
+    # sizes 48 px, twin_radius 0.2: the 2nd and 3rd are labelled 1 px apart (twins: within 9.6 px), or 30 px apart
+    cfg = _cfg(twin_radius=0.2, **ALONE)
+    for third_labelled, expected in (([[11.0, 10.0], [51.0, 10.0]], TAIL_HEAD), ([[10.0, 40.0], [50.0, 40.0]], HEAD_TAIL)):
+        p = _voters([TAIL_HEAD, HEAD_TAIL, HEAD_TAIL], cfg, labelled=[TAIL_HEAD, HEAD_TAIL, third_labelled])
+        Recorder.asked = []
+        [pred] = p.predict([scene(40)])
+        assert Recorder.asked == [50, 51, 52] and pred.points.tolist() == expected
+    with pytest.raises(ValueError, match="twin_radius"):
+        _cfg(twin_radius=-0.1)
 
 
 def test_an_agreeing_second_support_settles_it_without_the_third() -> None:
@@ -175,6 +204,13 @@ def test_a_better_answer_that_a_third_support_backs_replaces_it_without_the_marg
     [pred] = p.predict([query])
     assert sorted(Recorder.asked) == [50, 51, 52]  # the checked one, the one replacing it and the one backing it
     assert pred.points.tolist() == [list(HEAD), list(TAIL)]
+
+
+def test_a_twin_does_not_back_a_better_answer(animal_image) -> None:
+    # the backer (s52) is labelled at the very pose of the answer it would back (s51's): twins at any radius
+    cfg = _cfg(verify_margin=2.0, vote=False, twin_radius=0.2)
+    [pred] = _flipped_nearest(animal_image, cfg, backers=1).predict([animal_image(HEAD, TAIL)])
+    assert pred.points.tolist() == [list(TAIL), list(HEAD)]  # the checked answer stays (its scores lowered)
 
 
 def test_no_appearance_check_when_off_and_in_another_scene_it_only_scores(animal_image) -> None:
