@@ -38,6 +38,8 @@ class Settings:
     queue_name: str = "kpassist"  # KPASSIST_QUEUE: RQ queue of the training worker; prefixes kpassist's Redis keys
     train_threshold: int = 5  # KPASSIST_TRAIN_THRESHOLD: annotation events since the last run that queue a job
     train_steps: int = 300  # KPASSIST_TRAIN_STEPS: optimiser steps of one fine-tuning run
+    train_budget_s: float = 55.0  # KPASSIST_TRAIN_BUDGET_S: seconds a fine-tuning run aims at, evidence included (fewer
+    # steps on a slow or busy machine); 0: no limit, always KPASSIST_TRAIN_STEPS steps
     train_config: str = ""  # KPASSIST_TRAIN_CONFIG: JSON file {"model": KptLLMConfig, "train": TrainConfig} for new models
     job_timeout: int = 3600  # KPASSIST_JOB_TIMEOUT: seconds before RQ stops a training job
     promote: str = "evidence"  # KPASSIST_PROMOTE: "evidence" (kp_model.training.promotion) or "always"
@@ -98,6 +100,8 @@ class Settings:
             raise SettingsError(f"promote_margin (KPASSIST_PROMOTE_MARGIN) must be in [0, 1], got {self.promote_margin}")
         if not 0.0 <= self.rollback_margin <= 1.0:
             raise SettingsError(f"rollback_margin (KPASSIST_ROLLBACK_MARGIN) must be in [0, 1], got {self.rollback_margin}")
+        if not self.train_budget_s >= 0:  # NaN too
+            raise SettingsError(f"train_budget_s (KPASSIST_TRAIN_BUDGET_S) must be >= 0 (0: no limit), got {self.train_budget_s}")
         if not 0 <= self.job_nice <= 19:
             raise SettingsError(f"job_nice (KPASSIST_JOB_NICE) must be in [0, 19], got {self.job_nice}")
         if not self.queue_name:
@@ -141,6 +145,7 @@ class Settings:
             "queue_name": "KPASSIST_QUEUE",
             "train_threshold": "KPASSIST_TRAIN_THRESHOLD",
             "train_steps": "KPASSIST_TRAIN_STEPS",
+            "train_budget_s": "KPASSIST_TRAIN_BUDGET_S",
             "train_config": "KPASSIST_TRAIN_CONFIG",
             "job_timeout": "KPASSIST_JOB_TIMEOUT",
             "lock_ttl": "KPASSIST_LOCK_TTL",

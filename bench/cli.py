@@ -210,7 +210,9 @@ def bench_loop(args: argparse.Namespace) -> int:
             "batch_size": args.peer_batch,
         }
     reports = {
-        order: run_loop_bench(Path(args.data), tuple(args.k), args.steps, order=order, peer=peer, threads=args.threads)
+        order: run_loop_bench(
+            Path(args.data), tuple(args.k), args.steps, order=order, peer=peer, threads=args.threads, budget_s=args.budget
+        )
         for order in args.orders
     }
     path = _write({"orders": reports}, args.out)
@@ -221,7 +223,7 @@ def bench_loop(args: argparse.Namespace) -> int:
             sleap = f"  sleap-nn {p['sleap_nn']['pck@0.2']:.3f} ({p['sleap_nn']['wall_s']:.0f}s)" if "sleap_nn" in p else ""
             print(
                 f"{order:>6} k={p['k']:>3}  served {served:.3f}  candidate {cand:.3f}  default {default:.3f}  "
-                f"retrain {p['retrain_seconds']:.0f}s  {p['decision']}{sleap}"
+                f"retrain {p['retrain_seconds']:.0f}s ({p['train_steps']} steps)  {p['decision']}{sleap}"
             )
     return 0
 
@@ -329,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--data", default="../shared/data/dlc__openfield_mouse", help="one COCO keypoint folder (a video)")
     b.add_argument("--k", type=int, nargs="+", default=[1, 2, 5, 10, 20])
     b.add_argument("--steps", type=int, default=300, help="optimiser steps per retraining (warm-started)")
+    b.add_argument("--budget", type=float, default=55.0, help="seconds per retraining, evidence included (0: no limit)")
     b.add_argument("--threads", type=int, default=2, help=THREADS_HELP + " (default: a training job's default)")
     b.add_argument("--orders", nargs="+", choices=["random", "spread"], default=["random", "spread"], help="labelling orders")
     b.add_argument("--sleap-venv", default=None, help="peer column: a virtualenv with sleap-nn (bench/peer.py says how)")

@@ -60,11 +60,12 @@ def run_loop_bench(
     order: str = "random",
     peer: dict | None = None,
     threads: int = 2,
+    budget_s: float = 55.0,
 ) -> dict:
     """The curve of one folder in one order. ``threads``: the training job's (KPASSIST_TRAIN_THREADS), which also
     sets its evidence processes (the caller bounds this process's threads). ``peer`` (``bench.peer.run_sleap_peer``'s
     keyword arguments: venv, steps, threads, scale, batch_size) adds sleap-nn trained from scratch on the same
-    labelled frames at each k."""
+    labelled frames at each k. ``budget_s``: each run's time budget (KPASSIST_TRAIN_BUDGET_S; 0: always ``steps``)."""
     frames = samples_from_coco(folder)  # one instance per frame in a single-animal video
     sequence = _order(len(frames), max(ks), order, seed)
     default = PredictorConfig()
@@ -80,6 +81,7 @@ def run_loop_bench(
             default,
             salt="bench",
             evidence_processes=threads,
+            budget_s=budget_s,
         )
         for k in ks:
             labelled_idx = [0, *sequence[:k]]
@@ -104,6 +106,8 @@ def run_loop_bench(
                 "unlabelled_frames": len(rest),
                 "retrain_seconds": retrain_s,
                 "train_seconds": record["train_seconds"],  # of retrain_seconds: the optimiser steps (the rest: evidence)
+                "train_steps": record["train_steps"],  # fewer than steps_per_retrain where the budget ended the run
+                "evidence_seconds": record["evidence_seconds"],
                 "version": record["version"],
                 "decision": record["decision"],
                 "reason": record["reason"],
@@ -133,13 +137,15 @@ def run_loop_bench(
             points.append(point)
     return {
         "protocol": f"frame 0 labelled first; then k corrected frames ({order} order, seed {seed}); after each round the "
-        f"tiny kptllm preset is fine-tuned ({steps} steps, warm start from the previous version) and promoted by the "
+        f"tiny kptllm preset is fine-tuned ({steps} steps or a {budget_s:.0f} s budget, evidence included, whichever "
+        "ends first; warm start from the previous version) and promoted by the "
         "evidence rule (kp_model.training.promotion); PCK@0.2 on the frames not yet labelled, every engine served as "
         "the backend serves it: the labelled frames are its supports, each query predicted from the nearest one, "
         "checked by the next two",
         "folder": folder.name,
         "order": order,
         "steps_per_retrain": steps,
+        "budget_s": budget_s,
         "default_engine_seconds": oneshot_s,
         "points": points,
         "machine": machine_info(),

@@ -9,7 +9,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from kp_model.kptllm.semantics import semantic_text
 from kp_model.parallel import PoolConfig, PredictorPool
 from kp_model.predictor import Predictor
 from kp_model.training.data import TrainingError, TrainSample
-from kp_model.training.evidence import Sides, gather_evidence
+from kp_model.training.evidence import candidate_scores, newest_evidence, paired, served_scores
 from kp_model.training.loop import TrainConfig, train
 from kp_model.training.promotion import PromotionRule, decide, evidence_rows
 from kp_model.training.store import ModelStore
@@ -30,6 +30,12 @@ from kp_model.training.store import ModelStore
 log = logging.getLogger(__name__)
 
 HELDOUT_FRACTION = 0.2
+# a run with a time budget keeps, after the served side's evidence, this share of that side's time for the
+# candidate's (its evidence took 25-30 % of the served side's on the mouse video: the tiny model answers faster than
+# the weight-free engine) when no earlier run measured it, plus a few seconds for the checkpoint and the record
+CANDIDATE_SHARE = 0.3
+RESERVE_S = 2.0
+MIN_TRAIN_SHARE = 0.25  # the steps get at least this share of the budget, whatever the evidence took
 PROMOTE_POLICIES = ("evidence", "always")
 
 
@@ -64,8 +70,15 @@ class FinetuneSettings:
     evidence_processes: int = 0  # worker processes (1 thread each) answering the evidence images side by side with the
     # served engine when it can travel (the weight-free default engine: most of the evidence's cost); 0 = in turn here
     device: str = "cpu"  # torch device the training steps run on ("cpu", "cuda", "cuda:1", "mps"); saved from the CPU
+    budget_s: float = 0.0  # 0: no limit; else the seconds a run aims at, evidence included: the training steps get
+    # what the served side's evidence (computed first) left, less a reserve for the candidate's (TrainConfig.max_seconds)
+    evidence_images: int = 16  # most evidence images a run scores: the newest held-out and prequential ones
 
     def __post_init__(self) -> None:
+        if not self.budget_s >= 0:  # NaN too
+            raise ValueError(f"budget_s must be >= 0 (0: no limit), got {self.budget_s}")
+        if self.evidence_images < 1:
+            raise ValueError(f"evidence_images must be >= 1, got {self.evidence_images}")
         if self.promote not in PROMOTE_POLICIES:
             raise ValueError(f"promote must be one of {PROMOTE_POLICIES}, got {self.promote!r}")
         if self.evidence_processes < 0:
@@ -91,6 +104,31 @@ def training_device(name: str) -> torch.device:
     return device
 
 
+def _budgeted(settings: FinetuneSettings, spent: float, served_s: float, n_eval: int, previous: dict) -> TrainConfig:
+    """``settings.train`` with the seconds left to its steps under ``settings.budget_s`` (unchanged without one):
+    the budget less what the run ``spent`` so far (the served side's evidence: ``served_s`` of it), less a reserve for
+    the candidate's evidence on ``n_eval`` images (the previous run's seconds per image, else CANDIDATE_SHARE of the
+    served side's), never under MIN_TRAIN_SHARE of the budget."""
+    if not settings.budget_s:
+        return settings.train
+    per_image = (previous.get("evidence_seconds") or {}).get("candidate_per_image")
+    reserve = RESERVE_S + (per_image * n_eval if per_image is not None else CANDIDATE_SHARE * served_s)
+    left = settings.budget_s - spent - reserve
+    floor = MIN_TRAIN_SHARE * settings.budget_s
+    if left < floor:
+        log.warning(
+            "the evidence took %.0f s of the %.0f s budget: training still gets %.0f s (raise KPASSIST_TRAIN_BUDGET_S)",
+            served_s,
+            settings.budget_s,
+            floor,
+        )
+    seconds = max(left, floor)
+    if settings.train.max_seconds:
+        seconds = min(seconds, settings.train.max_seconds)
+    log.info("training budget: %.0f s of %.0f s (evidence %.0f s, reserve %.0f s)", seconds, settings.budget_s, served_s, reserve)
+    return replace(settings.train, max_seconds=seconds)
+
+
 def run_finetune(
     samples: list[TrainSample],
     store: ModelStore,
@@ -104,7 +142,9 @@ def run_finetune(
     samples: chronological; ``key`` identifies the annotation and ``group`` (before the "/" of key) the image it
     belongs to, the unit of the held-out split. Evidence images are predicted as served: the training images are the
     supports (kp_model.training.promotion.served_errors).
-    stage(name): called at "train", "checkpoint" (files written, not yet renamed), "record", "promote".
+    stage(name): called at "evidence" (the served side's, before training), "train", "checkpoint" (files written,
+    not yet renamed), "record", "promote". With ``settings.budget_s`` the steps end in time for the run to take
+    about that long (``_budgeted``).
     """
     t_start = time.time()
     device = training_device(settings.device)  # before anything is written: a missing GPU fails the run at once
@@ -127,27 +167,47 @@ def run_finetune(
         torch.manual_seed(settings.train.seed)  # a new model's initial weights: the same run gives the same model
         model = build_model(settings.model, vocab_texts=texts)
     log.info("fine-tuning on %d annotations (%d held out), from %s", len(train_set), len(held_set), base or "a new model")
-    stage("train")
-    model.to(device)
-    result = train(model, train_set, settings.train, progress=progress)
-    model.to("cpu")  # saved, evaluated and served from the CPU (the served engine's own device setting decides there)
-    version = store.next_version()
-    meta = {"version": version, "trained_on": [s.key for s in train_set], "base": base}
-    save_checkpoint(model, store.checkpoint_dir(version), meta, before_rename=lambda tmp: stage("checkpoint"))
-    stage("record")
 
     def engine(v: str | None) -> Callable[[], Predictor]:
         return lambda: build_predictor(store.predictor_config(settings.default, v))
 
     fresh = [s for s in train_set if s.key not in trained_before]
     earlier = [s for s in train_set if s.key in trained_before]
+    held_eval, fresh_eval = newest_evidence(held_set, fresh, settings.evidence_images)
     # the base's evidence is about the candidate's line of models only when the base is not the served model itself
-    sides = Sides(engine(served), engine(version), engine(base) if base is not None and base != served else None)
+    prequential = base is not None and base != served and bool(fresh_eval) and bool(earlier)
+    stage("evidence")
+    t_served = time.time()
     pool = PredictorPool(PoolConfig(processes=settings.evidence_processes, threads=1))
-    try:
-        evidence = gather_evidence(sides, train_set, held_set, fresh, earlier, settings.default.fewshot, pool)
+    try:  # the served side does not depend on the candidate: first, so the steps know the time left
+        served_side = served_scores(
+            engine(served), train_set, held_eval, fresh_eval, earlier, prequential, settings.default.fewshot, pool
+        )
     finally:
         pool.close()
+    served_s = time.time() - t_served
+    n_eval = len(held_eval) + (len(fresh_eval) if prequential else 0)
+    train_cfg = _budgeted(settings, time.time() - t_start, served_s, n_eval, store.record(base) if base else {})
+    stage("train")
+    model.to(device)
+    result = train(model, train_set, train_cfg, progress=progress)
+    model.to("cpu")  # saved, evaluated and served from the CPU (the served engine's own device setting decides there)
+    version = store.next_version()
+    meta = {"version": version, "trained_on": [s.key for s in train_set], "base": base}
+    save_checkpoint(model, store.checkpoint_dir(version), meta, before_rename=lambda tmp: stage("checkpoint"))
+    stage("record")
+    t_candidate = time.time()
+    candidate_side = candidate_scores(
+        engine(version),
+        engine(base) if prequential else None,
+        train_set,
+        held_eval,
+        fresh_eval,
+        earlier,
+        settings.default.fewshot,
+    )
+    candidate_s = time.time() - t_candidate
+    evidence = paired(held_eval, fresh_eval, candidate_side, served_side)
     promote, reason = decide(evidence, settings.rule)
     reason += f" (served: {served or 'default engine'})"
     if settings.promote == "always":
@@ -169,8 +229,15 @@ def run_finetune(
         "annotation_ids": [s.key for s in train_set],
         "heldout_annotation_ids": [s.key for s in held_set],
         "base_version": base,
-        "config": {"model": model.cfg.to_dict(), "train": settings.train.to_dict()},
+        "config": {"model": model.cfg.to_dict(), "train": train_cfg.to_dict()},
         "train_seconds": result.seconds,
+        "train_steps": result.steps,
+        "budget_s": settings.budget_s,
+        "evidence_seconds": {
+            "served": served_s,
+            "candidate": candidate_s,
+            "candidate_per_image": candidate_s / n_eval if n_eval else None,
+        },
         "started_at": t_start,
         "finished_at": time.time(),
         "duration_s": time.time() - t_start,

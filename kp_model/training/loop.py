@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainConfig(JsonConfig):
     steps: int = 300  # optimiser steps
+    max_seconds: float = 0.0  # 0: no limit; else the steps stop after this many seconds and the learning rate decays
+    # over the time spent too, so that a slow machine takes fewer steps, still annealed (kp_model.training.finetune's budget)
     pairs_per_step: int = 2  # support/query pairs per step
     lr: float = 2e-3  # peak learning rate (AdamW), cosine decay after warmup
     warmup: int = 20  # linear warmup steps
@@ -47,6 +49,8 @@ class TrainConfig(JsonConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.max_seconds >= 0:  # NaN too
+            raise ValueError(f"max_seconds must be >= 0 (0: no limit), got {self.max_seconds}")
         for name in ("textual_fraction", "understanding_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -131,8 +135,11 @@ def train(
     progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train the model's trainable parameters in place. ``progress`` gets {"step", "steps", "loss", ..., "eta_s"}
-    every ``log_every`` steps (and at the end); ``should_stop`` is polled each step to end early."""
+    """Train the model's trainable parameters in place. ``progress`` gets {"step", "steps", "loss", ..., "lr", "eta_s"}
+    every ``log_every`` steps (and at the end); ``should_stop`` is polled each step to end early.
+
+    With ``cfg.max_seconds`` the run ends at whichever comes first, ``cfg.steps`` steps or that many seconds; the
+    cosine decay follows the larger of the two fractions done, so a run cut by time still ends at the low rate."""
     cfg = cfg or TrainConfig()
     if not samples:
         raise TrainingError("no training samples")
@@ -141,19 +148,23 @@ def train(
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def lr_at(step: int) -> float:
+    def lr_at(step: int, elapsed: float) -> float:
+        """The learning rate's factor before step ``step`` (0-based), ``elapsed`` seconds into the run."""
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
         t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+        if cfg.max_seconds:
+            t = max(t, elapsed / cfg.max_seconds)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     t0 = time.perf_counter()
     history: list[dict[str, float]] = []
     running: dict[str, float] = {}
     step = 0
     for step in range(1, cfg.steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_at(step - 1, time.perf_counter() - t0)
         images, queries = sampler.draw()
         batch = collate(model.tokenizer, queries, model.cfg.image_grid**2, with_answer=True)
         losses = model(to_tensor(images), batch)
@@ -161,15 +172,18 @@ def train(
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
         for k, v in losses.items():
             running[k] = running.get(k, 0.0) + float(v.detach())
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        out_of_time = bool(cfg.max_seconds) and time.perf_counter() - t0 >= cfg.max_seconds
+        if step % cfg.log_every == 0 or step == cfg.steps or out_of_time:
             n = step % cfg.log_every or cfg.log_every
             elapsed = time.perf_counter() - t0
             report = {"step": step, "steps": cfg.steps, **{k: v / n for k, v in running.items()}}
             report["elapsed_s"] = elapsed
-            report["eta_s"] = elapsed / step * (cfg.steps - step)
+            report["lr"] = opt.param_groups[0]["lr"]  # of this step
+            report["eta_s"] = 0.0 if out_of_time else elapsed / step * (cfg.steps - step)
+            if cfg.max_seconds:
+                report["eta_s"] = min(report["eta_s"], max(0.0, cfg.max_seconds - elapsed))
             history.append(report)
             running = {}
             log.info(
@@ -183,6 +197,9 @@ def train(
             )
             if progress is not None:
                 progress(report)
+        if out_of_time:
+            log.info("training: the %.0f s budget ended the run at step %d of %d", cfg.max_seconds, step, cfg.steps)
+            break
         if should_stop is not None and should_stop():
             log.warning("training stopped early at step %d", step)
             break

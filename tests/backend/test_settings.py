@@ -32,6 +32,9 @@ def test_training_threads_are_bounded_and_checked() -> None:
     from kp_model.threads import limit_threads
 
     assert Settings.from_env({"KPASSIST_TRAIN_THREADS": "1"}).train_threads == 1 and Settings().train_threads == 2
+    assert Settings.from_env({"KPASSIST_TRAIN_BUDGET_S": "0"}).train_budget_s == 0.0 and Settings().train_budget_s == 55.0
+    with pytest.raises(SettingsError, match="KPASSIST_TRAIN_BUDGET_S"):
+        Settings.from_env({"KPASSIST_TRAIN_BUDGET_S": "-5"})
     with pytest.raises(SettingsError, match="train_threads"):
         Settings.from_env({"KPASSIST_TRAIN_THREADS": "0"})
     assert Settings().train_device == "cpu" and Settings.from_env({"KPASSIST_TRAIN_DEVICE": "cuda:1"}).train_device == "cuda:1"

@@ -95,6 +95,31 @@ def test_training_step_lowers_the_loss_and_the_batch_holds_every_task(small_mode
     assert {"lm", "coord", "heatmap", "visibility"} <= set(result.final)
 
 
+def test_a_time_budget_ends_the_run_with_the_learning_rate_decayed(small_model, blob_sample, monkeypatch) -> None:
+    """A clock that moves one second per reading: a 90 s budget ends a 1000-step run after tens of steps, and its
+    last step ran at the cosine's floor (5 % of the peak rate), not at the rate of step 30 of 1000."""
+    import kp_model.training.loop as loop
+
+    class Clock:
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.now += 1.0
+            return cls.now
+
+    monkeypatch.setattr(loop, "time", Clock)
+    model = small_model()
+    cfg = TrainConfig(steps=1000, warmup=2, lr=1e-3, log_every=5, max_seconds=90)
+    result = loop.train(model, [blob_sample(), blob_sample((90, 60))], cfg)
+    assert 5 < result.steps < 100
+    last = result.history[-1]
+    assert last["step"] == result.steps and last["eta_s"] == 0.0
+    assert last["lr"] < 0.1 * 1e-3  # the floor is 5e-5; step 30 of 1000 by steps alone would be about 1e-3
+    with pytest.raises(ValueError, match="max_seconds"):
+        TrainConfig(max_seconds=-1)
+
+
 def test_flip_swaps_left_and_right_labels(blob_names) -> None:
     img = np.zeros((64, 64, 3), np.uint8)
     pts = np.array([[32.0, 10.0], [20.0, 30.0], [44.0, 30.0]])  # nose, left_ear (image left), right_ear

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kp_model.build import PredictorConfig
-from kp_model.training.finetune import FinetuneSettings, assign_split, run_finetune
+from kp_model.training.finetune import FinetuneSettings, _budgeted, assign_split, run_finetune
 from kp_model.training.loop import TrainConfig
 from kp_model.training.promotion import Paired, PromotionRule, decide
 from kp_model.training.store import ModelStore, StoreError
@@ -45,7 +45,8 @@ def test_run_trains_saves_evaluates_and_records(tmp_path: Path, blob_samples, sm
     stages = []
     settings = FinetuneSettings(small_config(), TrainConfig(steps=4), salt="p1")
     record = run_finetune(blob_samples(4), store, settings, stage=stages.append)
-    assert stages == ["train", "checkpoint", "record", "promote"]
+    assert stages == ["evidence", "train", "checkpoint", "record", "promote"]
+    assert record["train_steps"] == 4 and record["config"]["train"]["max_seconds"] == 0  # no budget: every step
     assert record["version"] == "v0001" and store.versions() == ["v0001"]
     held, trained = record["heldout_annotation_ids"], record["annotation_ids"]
     assert held == ["2/102"] and trained == ["0/100", "1/101", "3/103"]  # image 2 is the first held out (assign_split)
@@ -76,6 +77,33 @@ def test_the_newest_corrections_are_prequential_evidence_for_the_line_of_models(
     assert fresh and [(k, "prequential") for k in fresh] == [x for x in sources if x[1] == "prequential"]
     rows = [Paired(**r) for r in record["evidence"]]
     assert (record["decision"] == "promote") == decide(rows, PromotionRule(min_images=1))[0]
+
+
+def test_a_budget_leaves_the_steps_what_the_evidence_did_not_take(small_config, caplog) -> None:
+    """55 s budget, 10 s spent (8 of them the served side's evidence on 4 images): the steps get 55 - 10 - (2 + 0.3 x 8)
+    = 40.6 s; with the previous run's candidate side measured at 0.5 s per image, 55 - 10 - (2 + 4 x 0.5) = 41 s;
+    never under a quarter of the budget; no budget: the settings' own."""
+    settings = FinetuneSettings(small_config(), TrainConfig(steps=300), budget_s=55)
+    assert _budgeted(settings, 10.0, 8.0, 4, {}).max_seconds == pytest.approx(40.6)
+    assert _budgeted(settings, 10.0, 8.0, 4, {"evidence_seconds": {"candidate_per_image": 0.5}}).max_seconds == 41.0
+    assert _budgeted(settings, 50.0, 48.0, 4, {}).max_seconds == 13.75 and "raise KPASSIST_TRAIN_BUDGET_S" in caplog.text
+    assert _budgeted(FinetuneSettings(small_config(), TrainConfig(steps=300)), 10.0, 8.0, 4, {}) == TrainConfig(steps=300)
+    tighter = FinetuneSettings(small_config(), TrainConfig(steps=300, max_seconds=20), budget_s=55)
+    assert _budgeted(tighter, 10.0, 8.0, 4, {}).max_seconds == 20  # the train config's own limit when tighter
+    for bad in ({"budget_s": -1.0}, {"budget_s": float("nan")}, {"evidence_images": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FinetuneSettings(small_config(), TrainConfig(steps=2), **bad)
+
+
+def test_a_run_out_of_budget_still_saves_a_scored_version(tmp_path: Path, blob_samples, small_config) -> None:
+    """A budget far too small for the evidence: training gets its floor (a quarter of the budget: one step here),
+    the version is saved, scored and recorded with the steps it took and the evidence's seconds."""
+    store = ModelStore(tmp_path)
+    record = run_finetune(blob_samples(4), store, FinetuneSettings(small_config(), TrainConfig(steps=50), budget_s=1e-6))
+    assert record["train_steps"] == 1 and record["config"]["train"]["max_seconds"] == pytest.approx(2.5e-7)
+    assert record["budget_s"] == 1e-6 and store.versions() == ["v0001"] and len(record["evidence"]) == 1
+    seconds = record["evidence_seconds"]
+    assert seconds["served"] > 0 and seconds["candidate"] > 0 and seconds["candidate_per_image"] == seconds["candidate"]
 
 
 def test_always_policy_promotes_and_a_crash_while_writing_leaves_no_version(tmp_path: Path, blob_samples, small_config):
