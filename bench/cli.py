@@ -197,7 +197,7 @@ def bench_device(args: argparse.Namespace) -> int:
 
 
 def bench_loop(args: argparse.Namespace) -> int:
-    from bench.loop import plot_loop, run_loop_bench
+    from bench.loop import busy_cores, plot_loop, run_loop_bench
 
     limit_threads(args.threads)
     peer = None
@@ -209,13 +209,14 @@ def bench_loop(args: argparse.Namespace) -> int:
             "scale": args.peer_scale,
             "batch_size": args.peer_batch,
         }
-    reports = {
-        order: run_loop_bench(
-            Path(args.data), tuple(args.k), args.steps, order=order, peer=peer, threads=args.threads, budget_s=args.budget
-        )
-        for order in args.orders
-    }
-    path = _write({"orders": reports}, args.out)
+    with busy_cores(args.busy):
+        reports = {
+            order: run_loop_bench(
+                Path(args.data), tuple(args.k), args.steps, order=order, peer=peer, threads=args.threads, budget_s=args.budget
+            )
+            for order in args.orders
+        }
+    path = _write({"orders": reports, "busy_processes": args.busy}, args.out)
     for order, report in reports.items():
         plot_loop(report, path.with_name(f"{path.stem}-{order}.png"))
         for p in report["points"]:
@@ -332,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--k", type=int, nargs="+", default=[1, 2, 5, 10, 20])
     b.add_argument("--steps", type=int, default=300, help="optimiser steps per retraining (warm-started)")
     b.add_argument("--budget", type=float, default=55.0, help="seconds per retraining, evidence included (0: no limit)")
+    b.add_argument("--busy", type=int, default=0, help="processes keeping one core each busy throughout (other work)")
     b.add_argument("--threads", type=int, default=2, help=THREADS_HELP + " (default: a training job's default)")
     b.add_argument("--orders", nargs="+", choices=["random", "spread"], default=["random", "spread"], help="labelling orders")
     b.add_argument("--sleap-venv", default=None, help="peer column: a virtualenv with sleap-nn (bench/peer.py says how)")

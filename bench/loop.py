@@ -7,9 +7,11 @@ frames), with each retraining's wall time and the decision with its evidence."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,26 @@ def _order(n_frames: int, k_max: int, order: str, seed: int) -> list[int]:
         width, start = max(gaps)
         chosen.append(start + width // 2)
     return chosen[1:]
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextmanager
+def busy_cores(n: int) -> Iterator[None]:
+    """``n`` processes that keep one core each busy while the block runs: other work on the machine, as on a
+    workstation where the annotators' backend shares the CPU (the retraining budget must still hold)."""
+    procs = [multiprocessing.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join()
 
 
 def _served_pck(make: Callable[[], Predictor], labelled: list[TrainSample], rest: list[TrainSample]) -> float:

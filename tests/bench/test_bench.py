@@ -106,3 +106,15 @@ def test_an_out_that_is_a_folder_is_refused_before_the_run(tmp_path: Path, capsy
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "fewshot", "--data", str(tmp_path / "nothing-read"), "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
+def test_busy_cores_run_while_the_block_does_and_stop_after() -> None:
+    import multiprocessing
+
+    from bench.loop import busy_cores
+
+    before = set(multiprocessing.active_children())
+    with busy_cores(2):
+        spinning = [p for p in multiprocessing.active_children() if p not in before]
+        assert len(spinning) == 2 and all(p.is_alive() for p in spinning)
+    assert not any(p.is_alive() for p in spinning)
