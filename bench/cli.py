@@ -212,7 +212,14 @@ def bench_loop(args: argparse.Namespace) -> int:
     with busy_cores(args.busy):
         reports = {
             order: run_loop_bench(
-                Path(args.data), tuple(args.k), args.steps, order=order, peer=peer, threads=args.threads, budget_s=args.budget
+                Path(args.data),
+                tuple(args.k),
+                args.steps,
+                order=order,
+                peer=peer,
+                threads=args.threads,
+                budget_s=args.budget,
+                adapt_threads=not args.fixed_threads,
             )
             for order in args.orders
         }
@@ -334,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--steps", type=int, default=300, help="optimiser steps per retraining (warm-started)")
     b.add_argument("--budget", type=float, default=55.0, help="seconds per retraining, evidence included (0: no limit)")
     b.add_argument("--busy", type=int, default=0, help="processes keeping one core each busy throughout (other work)")
+    b.add_argument("--fixed-threads", action="store_true", help="train every step on --threads (no AdaptiveThreads)")
     b.add_argument("--threads", type=int, default=2, help=THREADS_HELP + " (default: a training job's default)")
     b.add_argument("--orders", nargs="+", choices=["random", "spread"], default=["random", "spread"], help="labelling orders")
     b.add_argument("--sleap-venv", default=None, help="peer column: a virtualenv with sleap-nn (bench/peer.py says how)")

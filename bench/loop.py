@@ -22,6 +22,7 @@ from kp_model.build import PredictorConfig, build_predictor
 from kp_model.evaluation.metrics import summarise, support_errors
 from kp_model.kptllm.configuration import tiny_config
 from kp_model.predictor import Predictor
+from kp_model.threads import torch_threads
 from kp_model.training.data import TrainSample, samples_from_coco
 from kp_model.training.finetune import FinetuneSettings, run_finetune
 from kp_model.training.loop import TrainConfig
@@ -83,11 +84,13 @@ def run_loop_bench(
     peer: dict | None = None,
     threads: int = 2,
     budget_s: float = 55.0,
+    adapt_threads: bool = True,
 ) -> dict:
     """The curve of one folder in one order. ``threads``: the training job's (KPASSIST_TRAIN_THREADS), which also
     sets its evidence processes (the caller bounds this process's threads). ``peer`` (``bench.peer.run_sleap_peer``'s
     keyword arguments: venv, steps, threads, scale, batch_size) adds sleap-nn trained from scratch on the same
-    labelled frames at each k. ``budget_s``: each run's time budget (KPASSIST_TRAIN_BUDGET_S; 0: always ``steps``)."""
+    labelled frames at each k. ``budget_s``: each run's time budget (KPASSIST_TRAIN_BUDGET_S; 0: always ``steps``);
+    ``adapt_threads``: TrainConfig.adapt_threads (False: every step on ``threads``)."""
     frames = samples_from_coco(folder)  # one instance per frame in a single-animal video
     sequence = _order(len(frames), max(ks), order, seed)
     default = PredictorConfig()
@@ -99,7 +102,7 @@ def run_loop_bench(
         store = ModelStore(Path(tmp) / "model")
         settings = FinetuneSettings(
             tiny_config(category=frames[0].category),
-            TrainConfig(steps=steps, seed=seed, log_every=100),
+            TrainConfig(steps=steps, seed=seed, log_every=100, adapt_threads=adapt_threads),
             default,
             salt="bench",
             evidence_processes=threads,
@@ -117,11 +120,12 @@ def run_loop_bench(
             def version(v: str) -> Callable[[], Predictor]:
                 return lambda: build_predictor(store.predictor_config(default, v))
 
-            candidate = _served_pck(version(record["version"]), labelled, rest)
-            default_pck = _served_pck(lambda: build_predictor(default), labelled, rest)
-            served_pck = candidate if served == record["version"] else default_pck if served is None else None
-            if served_pck is None:
-                served_pck = _served_pck(version(served), labelled, rest)
+            with torch_threads(record["train_threads"]):  # the count the training found faster (--busy: 1)
+                candidate = _served_pck(version(record["version"]), labelled, rest)
+                default_pck = _served_pck(lambda: build_predictor(default), labelled, rest)
+                served_pck = candidate if served == record["version"] else default_pck if served is None else None
+                if served_pck is None:
+                    served_pck = _served_pck(version(served), labelled, rest)
             point = {
                 "k": k,
                 "labelled_frames": labelled_idx,
@@ -129,6 +133,8 @@ def run_loop_bench(
                 "retrain_seconds": retrain_s,
                 "train_seconds": record["train_seconds"],  # of retrain_seconds: the optimiser steps (the rest: evidence)
                 "train_steps": record["train_steps"],  # fewer than steps_per_retrain where the budget ended the run
+                "train_threads": record["train_threads"],  # torch threads of the last steps (AdaptiveThreads)
+                "thread_switches": record["thread_switches"],
                 "evidence_seconds": record["evidence_seconds"],
                 "version": record["version"],
                 "decision": record["decision"],
@@ -168,6 +174,7 @@ def run_loop_bench(
         "order": order,
         "steps_per_retrain": steps,
         "budget_s": budget_s,
+        "adapt_threads": adapt_threads,
         "default_engine_seconds": oneshot_s,
         "points": points,
         "machine": machine_info(),

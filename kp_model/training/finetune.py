@@ -21,6 +21,7 @@ from kp_model.kptllm.configuration import KptLLMConfig
 from kp_model.kptllm.semantics import semantic_text
 from kp_model.parallel import PoolConfig, PredictorPool
 from kp_model.predictor import Predictor
+from kp_model.threads import torch_threads
 from kp_model.training.data import TrainingError, TrainSample
 from kp_model.training.evidence import candidate_scores, newest_evidence, paired, served_scores
 from kp_model.training.loop import TrainConfig, train
@@ -197,15 +198,16 @@ def run_finetune(
     save_checkpoint(model, store.checkpoint_dir(version), meta, before_rename=lambda tmp: stage("checkpoint"))
     stage("record")
     t_candidate = time.time()
-    candidate_side = candidate_scores(
-        engine(version),
-        engine(base) if prequential else None,
-        train_set,
-        held_eval,
-        fresh_eval,
-        earlier,
-        settings.default.fewshot,
-    )
+    with torch_threads(result.threads):  # the count the last training steps found faster on this machine now
+        candidate_side = candidate_scores(
+            engine(version),
+            engine(base) if prequential else None,
+            train_set,
+            held_eval,
+            fresh_eval,
+            earlier,
+            settings.default.fewshot,
+        )
     candidate_s = time.time() - t_candidate
     evidence = paired(held_eval, fresh_eval, candidate_side, served_side)
     promote, reason = decide(evidence, settings.rule)
@@ -232,6 +234,8 @@ def run_finetune(
         "config": {"model": model.cfg.to_dict(), "train": train_cfg.to_dict()},
         "train_seconds": result.seconds,
         "train_steps": result.steps,
+        "train_threads": result.threads,  # of the last steps (kp_model.threads.AdaptiveThreads)
+        "thread_switches": result.thread_switches,
         "budget_s": settings.budget_s,
         "evidence_seconds": {
             "served": served_s,

@@ -21,6 +21,7 @@ from kp_model.kptllm.modeling import KptLLM
 from kp_model.kptllm.semantics import semantic_text
 from kp_model.kptllm.sequences import KeypointQuery, collate
 from kp_model.kptllm.vision import letterbox, to_tensor
+from kp_model.threads import AdaptiveThreads
 from kp_model.training.augment import AugmentConfig, augment
 from kp_model.training.data import TrainingError, TrainSample
 
@@ -42,6 +43,8 @@ class TrainConfig(JsonConfig):
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # query/support augmentation
     seed: int = 0  # pair sampling and augmentation
     log_every: int = 25  # steps between progress reports
+    adapt_threads: bool = True  # each step at torch's thread count or at 1, whichever its measured steps say is faster
+    # (kp_model.threads.AdaptiveThreads: beside other busy work, 2 threads on 2 cores trained 17x slower than 1)
 
     def __post_init__(self) -> None:
         for name in ("steps", "pairs_per_step", "max_keypoints", "log_every"):
@@ -62,6 +65,8 @@ class TrainResult:
     seconds: float
     final: dict[str, float]
     history: list[dict[str, float]]
+    threads: int  # torch threads of the last steps (AdaptiveThreads' choice; torch's count without adapt_threads)
+    thread_switches: int  # times AdaptiveThreads changed the count
 
 
 class PairSampler:
@@ -158,51 +163,82 @@ def train(
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     model.train()
+    threads_before = torch.get_num_threads()
+    threads = AdaptiveThreads(threads_before if cfg.adapt_threads else 1)
     t0 = time.perf_counter()
     history: list[dict[str, float]] = []
     running: dict[str, float] = {}
     step = 0
-    for step in range(1, cfg.steps + 1):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_at(step - 1, time.perf_counter() - t0)
-        images, queries = sampler.draw()
-        batch = collate(model.tokenizer, queries, model.cfg.image_grid**2, with_answer=True)
-        losses = model(to_tensor(images), batch)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + float(v.detach())
-        out_of_time = bool(cfg.max_seconds) and time.perf_counter() - t0 >= cfg.max_seconds
-        if step % cfg.log_every == 0 or step == cfg.steps or out_of_time:
-            n = step % cfg.log_every or cfg.log_every
-            elapsed = time.perf_counter() - t0
-            report = {"step": step, "steps": cfg.steps, **{k: v / n for k, v in running.items()}}
-            report["elapsed_s"] = elapsed
-            report["lr"] = opt.param_groups[0]["lr"]  # of this step
-            report["eta_s"] = 0.0 if out_of_time else elapsed / step * (cfg.steps - step)
-            if cfg.max_seconds:
-                report["eta_s"] = min(report["eta_s"], max(0.0, cfg.max_seconds - elapsed))
-            history.append(report)
-            running = {}
-            log.info(
-                "train step %d/%d loss %.4f (lm %.3f coord %.4f) eta %.0fs",
-                step,
-                cfg.steps,
-                report["loss"],
-                report["lm"],
-                report["coord"],
-                report["eta_s"],
-            )
-            if progress is not None:
-                progress(report)
-        if out_of_time:
-            log.info("training: the %.0f s budget ended the run at step %d of %d", cfg.max_seconds, step, cfg.steps)
-            break
-        if should_stop is not None and should_stop():
-            log.warning("training stopped early at step %d", step)
-            break
+    try:
+        for step in range(1, cfg.steps + 1):
+            n_threads = threads.before(step)
+            t_step = time.perf_counter()
+            losses = _step(model, sampler, opt, params, cfg.lr * lr_at(step - 1, t_step - t0))
+            threads.record(n_threads, time.perf_counter() - t_step, step)
+            for k, v in losses.items():
+                running[k] = running.get(k, 0.0) + v
+            out_of_time = bool(cfg.max_seconds) and time.perf_counter() - t0 >= cfg.max_seconds
+            if step % cfg.log_every == 0 or step == cfg.steps or out_of_time:
+                history.append(_report(step, cfg, running, time.perf_counter() - t0, opt, out_of_time, threads.current))
+                running = {}
+                if progress is not None:
+                    progress(history[-1])
+            if out_of_time:
+                log.info("training: the %.0f s budget ended the run at step %d of %d", cfg.max_seconds, step, cfg.steps)
+                break
+            if should_stop is not None and should_stop():
+                log.warning("training stopped early at step %d", step)
+                break
+    finally:
+        torch.set_num_threads(threads_before)
+    if threads.switches:
+        log.info("training: %d thread-count change(s), the last steps on %d thread(s)", threads.switches, threads.current)
     model.eval()
     final = history[-1] if history else {}
-    return TrainResult(step, time.perf_counter() - t0, final, history)
+    return TrainResult(
+        step, time.perf_counter() - t0, final, history, threads.current if cfg.adapt_threads else threads_before, threads.switches
+    )
+
+
+def _step(model: KptLLM, sampler: PairSampler, opt: torch.optim.Optimizer, params: list, lr: float) -> dict[str, float]:
+    """One optimiser step at learning rate ``lr`` on a freshly drawn batch; its losses."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    images, queries = sampler.draw()
+    batch = collate(model.tokenizer, queries, model.cfg.image_grid**2, with_answer=True)
+    losses = model(to_tensor(images), batch)
+    opt.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def _report(
+    step: int,
+    cfg: TrainConfig,
+    running: dict[str, float],
+    elapsed: float,
+    opt: torch.optim.Optimizer,
+    out_of_time: bool,
+    threads: int,
+) -> dict[str, float]:
+    """The progress report of the steps since the last one (``running``: their summed losses)."""
+    n = step % cfg.log_every or cfg.log_every
+    report = {"step": step, "steps": cfg.steps, **{k: v / n for k, v in running.items()}}
+    report["elapsed_s"] = elapsed
+    report["lr"] = opt.param_groups[0]["lr"]  # of this step
+    report["threads"] = threads
+    report["eta_s"] = 0.0 if out_of_time else elapsed / step * (cfg.steps - step)
+    if cfg.max_seconds:
+        report["eta_s"] = min(report["eta_s"], max(0.0, cfg.max_seconds - elapsed))
+    log.info(
+        "train step %d/%d loss %.4f (lm %.3f coord %.4f) eta %.0fs",
+        step,
+        cfg.steps,
+        report["loss"],
+        report["lm"],
+        report["coord"],
+        report["eta_s"],
+    )
+    return report
