@@ -68,8 +68,8 @@ class FinetuneSettings:
     salt: str = ""  # held-out split salt (the project id)
     promote: str = "evidence"  # "evidence": kp_model.training.promotion.decide; "always": the newest version is served
     rule: PromotionRule = field(default_factory=PromotionRule)  # how much evidence, what margin
-    evidence_processes: int = 0  # worker processes (1 thread each) answering the evidence images side by side with the
-    # served engine when it can travel (the weight-free default engine: most of the evidence's cost); 0 = in turn here
+    evidence_processes: int = 0  # worker processes (1 thread each) answering the served side's evidence images when its
+    # engine can travel (the weight-free default engine: most of the evidence's cost), before training; 0 = in turn here
     device: str = "cpu"  # torch device the training steps run on ("cpu", "cuda", "cuda:1", "mps"); saved from the CPU
     budget_s: float = 0.0  # 0: no limit; else the seconds a run aims at, evidence included: the training steps get
     # what the served side's evidence (computed first) left, less a reserve for the candidate's (TrainConfig.max_seconds)

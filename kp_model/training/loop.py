@@ -164,22 +164,24 @@ def train(
 
     model.train()
     threads_before = torch.get_num_threads()
-    threads = AdaptiveThreads(threads_before if cfg.adapt_threads else 1)
+    threads = AdaptiveThreads(threads_before) if cfg.adapt_threads else None  # None: every step on threads_before
     t0 = time.perf_counter()
     history: list[dict[str, float]] = []
     running: dict[str, float] = {}
     step = 0
     try:
         for step in range(1, cfg.steps + 1):
-            n_threads = threads.before(step)
+            n_threads = threads.before(step) if threads else threads_before
             t_step = time.perf_counter()
             losses = _step(model, sampler, opt, params, cfg.lr * lr_at(step - 1, t_step - t0))
-            threads.record(n_threads, time.perf_counter() - t_step, step)
+            if threads:
+                threads.record(n_threads, time.perf_counter() - t_step, step)
             for k, v in losses.items():
                 running[k] = running.get(k, 0.0) + v
             out_of_time = bool(cfg.max_seconds) and time.perf_counter() - t0 >= cfg.max_seconds
             if step % cfg.log_every == 0 or step == cfg.steps or out_of_time:
-                history.append(_report(step, cfg, running, time.perf_counter() - t0, opt, out_of_time, threads.current))
+                kept = threads.current if threads else threads_before
+                history.append(_report(step, cfg, running, time.perf_counter() - t0, opt, out_of_time, kept))
                 running = {}
                 if progress is not None:
                     progress(history[-1])
@@ -191,13 +193,12 @@ def train(
                 break
     finally:
         torch.set_num_threads(threads_before)
-    if threads.switches:
-        log.info("training: %d thread-count change(s), the last steps on %d thread(s)", threads.switches, threads.current)
+    switches = threads.switches if threads else 0
+    if switches:
+        log.info("training: %d thread-count change(s), the last steps on %d thread(s)", switches, threads.current)
     model.eval()
     final = history[-1] if history else {}
-    return TrainResult(
-        step, time.perf_counter() - t0, final, history, threads.current if cfg.adapt_threads else threads_before, threads.switches
-    )
+    return TrainResult(step, time.perf_counter() - t0, final, history, threads.current if threads else threads_before, switches)
 
 
 def _step(model: KptLLM, sampler: PairSampler, opt: torch.optim.Optimizer, params: list, lr: float) -> dict[str, float]:

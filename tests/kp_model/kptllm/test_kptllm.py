@@ -120,6 +120,22 @@ def test_a_time_budget_ends_the_run_with_the_learning_rate_decayed(small_model, 
         TrainConfig(max_seconds=-1)
 
 
+def test_without_adapting_every_step_runs_on_torchs_thread_count(small_model, blob_sample) -> None:
+    import torch
+
+    from kp_model.threads import torch_threads
+
+    seen = []  # torch's count as each step ends (the progress report follows every step here)
+    with torch_threads(2):
+        cfg = TrainConfig(steps=6, log_every=1, adapt_threads=False)
+        result = train(
+            small_model(), [blob_sample(), blob_sample((90, 60))], cfg, progress=lambda r: seen.append(torch.get_num_threads())
+        )
+        assert torch.get_num_threads() == 2
+    assert seen == [2] * 6 and result.threads == 2 and result.thread_switches == 0
+    assert result.history[-1]["threads"] == 2
+
+
 def test_flip_swaps_left_and_right_labels(blob_names) -> None:
     img = np.zeros((64, 64, 3), np.uint8)
     pts = np.array([[32.0, 10.0], [20.0, 30.0], [44.0, 30.0]])  # nose, left_ear (image left), right_ear
