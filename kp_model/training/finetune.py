@@ -118,8 +118,11 @@ def _budgeted(settings: FinetuneSettings, spent: float, served_s: float, n_eval:
     floor = MIN_TRAIN_SHARE * settings.budget_s
     if left < floor:
         log.warning(
-            "the evidence took %.0f s of the %.0f s budget: training still gets %.0f s (raise KPASSIST_TRAIN_BUDGET_S)",
+            "the served side's evidence (%.0f s) and the reserve for the candidate's (%.0f s) leave under %.0f s of the "
+            "%.0f s budget: training still gets %.0f s (raise KPASSIST_TRAIN_BUDGET_S)",
             served_s,
+            reserve,
+            floor,
             settings.budget_s,
             floor,
         )
