@@ -215,7 +215,7 @@ def train_project(project: int, data_dir: str, ls_url: str = "") -> dict:
                 salt=str(project),
                 promote=settings.promote,
                 rule=PromotionRule(settings.promote_min_images, settings.promote_margin),
-                evidence_processes=settings.train_threads,  # the job's cores, busy with training until then
+                evidence_processes=settings.train_threads,  # the job's cores: the served side runs before the steps
                 device=settings.train_device,
                 budget_s=settings.train_budget_s,
             ),
