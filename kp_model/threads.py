@@ -55,7 +55,7 @@ class AdaptiveThreads:
     threads = AdaptiveThreads(torch.get_num_threads())
     for step in range(1, steps + 1):
         n = threads.before(step)          # sets torch's threads
-        t = time.perf_counter(); ...; threads.record(n, time.perf_counter() - t)
+        t = time.perf_counter(); ...; threads.record(n, time.perf_counter() - t, step)
     """
 
     def __init__(self, most: int, first: int = 3, interval: int = 20, margin: float = 0.9) -> None:
@@ -69,7 +69,7 @@ class AdaptiveThreads:
         self.interval = interval
         self.gap = interval  # steps from a probe to the next
         self.next_probe = first
-        self.mean: dict[int, float] = {}  # running mean step seconds of the current count
+        self.mean: float | None = None  # running mean step seconds of the current count (None: none counted yet)
         self.switches = 0
 
     @property
@@ -92,12 +92,10 @@ class AdaptiveThreads:
         if not self.adapts or step == 1:
             return
         if n == self.current:
-            old = self.mean.get(n)
-            self.mean[n] = seconds if old is None else 0.7 * old + 0.3 * seconds
+            self.mean = seconds if self.mean is None else 0.7 * self.mean + 0.3 * seconds
             return
-        current = self.mean.get(self.current)  # a probe of the other count
-        if current is not None and seconds < self.margin * current:
-            self.current, self.mean = n, {n: seconds}
+        if self.mean is not None and seconds < self.margin * self.mean:  # a probe of the other count, faster
+            self.current, self.mean = n, seconds
             self.switches += 1
             self.gap = self.interval
         self.next_probe = step + self.gap

@@ -163,7 +163,8 @@ def run_finetune(
         raise TrainingError(f"all {len(samples)} annotations are held out: annotate more images")
     served = store.served()
     base = store.latest()  # warm start from the newest run, promoted or not: runs only ever saw "train" images
-    trained_before = set(store.record(base).get("annotation_ids") or []) if base is not None else set()
+    base_record = store.record(base) if base is not None else {}  # its trained annotations and evidence seconds
+    trained_before = set(base_record.get("annotation_ids") or [])
     if base is not None:
         model = load_checkpoint(store.checkpoint_dir(base))
     else:
@@ -191,7 +192,7 @@ def run_finetune(
         pool.close()
     served_s = time.time() - t_served
     n_eval = len(held_eval) + (len(fresh_eval) if prequential else 0)
-    train_cfg = _budgeted(settings, time.time() - t_start, served_s, n_eval, store.record(base) if base else {})
+    train_cfg = _budgeted(settings, time.time() - t_start, served_s, n_eval, base_record)
     stage("train")
     model.to(device)
     result = train(model, train_set, train_cfg, progress=progress)
