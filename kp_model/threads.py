@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def limit_threads(n: int) -> None:
@@ -100,3 +105,23 @@ class AdaptiveThreads:
             self.gap = self.interval
         self.next_probe = step + self.gap
         self.gap *= 2
+
+
+def map_adapting(work: Callable[[T], R], items: Sequence[T], clock: Callable[[], float] = time.perf_counter) -> list[R]:
+    """``work(item)`` for each item in turn, each call a step of ``AdaptiveThreads`` from torch's current count, so
+    that torch work done here in turn (a learned version answering a run's evidence images) drops to one thread while
+    other work holds a core, as training does; torch's count is restored after. ``clock``: seconds, for tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    threads = AdaptiveThreads(before)
+    out: list[R] = []
+    try:
+        for step, item in enumerate(items, start=1):
+            n = threads.before(step)
+            t = clock()
+            out.append(work(item))
+            threads.record(n, clock() - t, step)
+    finally:
+        torch.set_num_threads(before)
+    return out

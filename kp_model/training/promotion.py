@@ -33,6 +33,7 @@ from kp_model.fewshot import FewShotConfig, FewShotPredictor
 from kp_model.fusion import reorder
 from kp_model.parallel import PredictorPool, Shipped
 from kp_model.predictor import KeypointPrediction, Predictor
+from kp_model.threads import map_adapting
 from kp_model.training.data import TrainSample
 
 SOURCES = ("heldout", "prequential")
@@ -116,7 +117,7 @@ def served_predictor(
     engine with every support's visible keypoints (keys ``support_key``); None when no support has a visible keypoint.
     Its points are the service's; the cycle check is off (it moves only scores, which the evidence does not read, and
     costs a match per query). With ``pool``, a portable engine's supports are described in its worker processes, side
-    by side (the same features)."""
+    by side (the same features); here, torch's threads adapt to the machine (``kp_model.threads.map_adapting``)."""
     predictor = FewShotPredictor(make_predictor, replace(fewshot or FewShotConfig(), cycle_weight=0.0))
     shown = []
     for i, s in enumerate(supports):
@@ -128,8 +129,12 @@ def served_predictor(
     if pool is not None and pool.enabled and len(shown) > 1:
         with ThreadPoolExecutor(pool.cfg.processes) as threads:  # each thread waits on one worker process
             described = list(threads.map(lambda sh: pool.describe(make_predictor(), *sh[1:]), shown))
-    for (key, image, keypoints, names), done in zip(shown, described, strict=True):
+
+    def add(item: tuple[tuple, Predictor | None]) -> None:
+        (key, image, keypoints, names), done = item
         predictor.add_support(key, image, keypoints, names, described=done)
+
+    map_adapting(add, list(zip(shown, described, strict=True)))  # described here in turn unless the pool did
     return predictor if predictor.is_support_set else None
 
 
@@ -184,8 +189,8 @@ def _answers(jobs: Sequence[tuple[FewShotPredictor, TrainSample]], pool: Predict
         ready = shipped[id(predictor)]
         return pool.predict(ready, q.image)[0] if ready is not None else predictor.predict([q.image])[0]
 
-    if not any(shipped.values()):
-        return [one(job) for job in jobs]
+    if not any(shipped.values()):  # here in turn: torch's threads adapt (a learned version beside other work)
+        return map_adapting(one, jobs)
     with ThreadPoolExecutor(pool.cfg.processes) as threads:  # each thread waits on one worker process
         return list(threads.map(one, jobs))
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kp_model.threads import AdaptiveThreads, torch_threads
+from kp_model.threads import AdaptiveThreads, map_adapting, torch_threads
 
 
 def test_torch_threads_inside_the_block_then_restored() -> None:
@@ -52,3 +52,23 @@ def test_adaptive_threads_keep_the_faster_count_and_probe_less_and_less() -> Non
         assert not one.adapts and run_steps(one, 10, lambda step, n: 1.0) == [1] * 10
     with pytest.raises(ValueError, match="first"):
         AdaptiveThreads(2, first=2)
+
+
+def test_work_done_in_turn_drops_to_one_thread_beside_busy_work_and_restores_the_count() -> None:
+    now = [0.0]
+    seen = []
+
+    def work(item: int) -> int:  # beside a busy core: 2.0 s on 2 threads, 0.2 s on 1 (the clock is fake)
+        seen.append(torch.get_num_threads())
+        now[0] += 2.0 if torch.get_num_threads() == 2 else 0.2
+        return item * 10
+
+    with torch_threads(2):
+        assert map_adapting(work, list(range(8)), clock=lambda: now[0]) == [0, 10, 20, 30, 40, 50, 60, 70]
+        assert seen == [2, 2, 1, 1, 1, 1, 1, 1]  # 1 tried at the 3rd item, faster: kept
+        assert torch.get_num_threads() == 2  # restored
+        assert map_adapting(work, []) == []
+    with torch_threads(1):
+        seen.clear()
+        map_adapting(work, [1, 2, 3], clock=lambda: now[0])
+        assert seen == [1, 1, 1]  # one thread to begin with: nothing to adapt
