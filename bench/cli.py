@@ -209,9 +209,10 @@ def bench_loop(args: argparse.Namespace) -> int:
             "scale": args.peer_scale,
             "batch_size": args.peer_batch,
         }
+    reports: dict[str, dict] = {}
     with busy_cores(args.busy):
-        reports = {
-            order: run_loop_bench(
+        for order in args.orders:
+            reports[order] = run_loop_bench(
                 Path(args.data),
                 tuple(args.k),
                 args.steps,
@@ -221,9 +222,8 @@ def bench_loop(args: argparse.Namespace) -> int:
                 budget_s=args.budget,
                 adapt_threads=not args.fixed_threads,
             )
-            for order in args.orders
-        }
-    path = _write({"orders": reports, "busy_processes": args.busy}, args.out)
+            # written after each order: a run stopped during the next one (a peer column takes hours) keeps this one
+            path = _write({"orders": reports, "busy_processes": args.busy}, args.out)
     for order, report in reports.items():
         plot_loop(report, path.with_name(f"{path.stem}-{order}.png"))
         for p in report["points"]:
