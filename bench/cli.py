@@ -45,7 +45,9 @@ def bench_fewshot(args: argparse.Namespace) -> int:
         fewshot_curves(report, out.with_suffix(".png"))
     for tag, rows in report["summary"].items():
         line = ", ".join(
-            f"k={k}: {r['fewshot_pck@0.2']:.3f} (copy {r['copy_nearest_pck@0.2']:.3f})"
+            f"k={k}: {r['fewshot_pck@0.2']:.3f} (copy {r['copy_nearest_pck@0.2']:.3f}"
+            + (f", first image alone {r['first_only_pck@0.2']:.3f}" if "first_only_pck@0.2" in r else "")
+            + ")"
             for k, r in rows.items()
             if isinstance(r, dict)
         )

@@ -1,7 +1,8 @@
 """Few-shot supports without training: for k = 1, 2, 5, 10, 20 labelled images evenly spread over each folder (as
 many as it allows, one image at least left to predict), PCK and mean error on the images not labelled, with the
 default engine behind kp_model.fewshot; beside copying the nearest labelled image's keypoints and today's one-shot
-engine (the first image as the only support). Scores: does a low task score find the bad predictions (AUROC for
+engine (the first image as the only support; at k > 1 on the same queries too, ``first_only``: what the k - 1 other
+labels add, image for image). Scores: does a low task score find the bad predictions (AUROC for
 PCK@0.2 < 0.5) and do point scores rank point errors (Spearman)? Cost: seconds per query and memory against k.
 
 Halves, so that settings chosen on one can be checked on the other: folders at even / odd positions (sorted by name)
@@ -81,7 +82,7 @@ def _folder(folder: Path, ks: tuple[int, ...], cfg: FewShotConfig, engine: Predi
             kps, names, _ = _labelled(s)
             predictor.add_support(s.image_path.name, image(s), kps, names)
         support_s = time.perf_counter() - t0
-        rows: dict[str, list] = {"fewshot": [], "copy_nearest": [], "today_k1": []}
+        rows: dict[str, list] = {"fewshot": [], "copy_nearest": [], "today_k1": [], "first_only": []}
         seconds = []
         for q in queries:
             img = image(q)
@@ -96,9 +97,13 @@ def _folder(folder: Path, ks: tuple[int, ...], cfg: FewShotConfig, engine: Predi
             nh, nw = image(nearest).shape[:2]
             copied = kps * np.array([img.shape[1] / nw, img.shape[0] / nh])
             rows["copy_nearest"].append(_score(copied, np.ones(len(names)), names, q))
-            if k == ks[0]:
+            if k == ks[0] or k > 1:  # today's engine: the first image alone (at k = 1 the support itself)
                 [base] = today.predict([img])
-                rows["today_k1"].append(_score(base.points, base.scores, base.names, q))
+                alone = _score(base.points, base.scores, base.names, q)
+                if k == ks[0]:
+                    rows["today_k1"].append(alone)
+                if k > 1:
+                    rows["first_only"].append(alone)
         interactive = [r for r in rows.pop("interactive", []) if r is not None]
         half = len(group) // 2
         first_half = [group.index(q) < half for q in queries]
@@ -221,6 +226,16 @@ def run_fewshot_bench(
                 },
                 "seconds_per_query": _mean([e["seconds_per_query"] for e in entries]),
             }
+            paired = [e for e in entries if "first_only" in e]  # the same queries answered by the first image alone
+            if paired:
+                gains = [e["fewshot"]["pck@0.2"] - e["first_only"]["pck@0.2"] for e in paired]
+                summary[tag][k]["first_only_pck@0.2"] = _mean([e["first_only"]["pck@0.2"] for e in paired])
+                summary[tag][k]["vs_first_only"] = {
+                    "folders": len(paired),
+                    "mean_gain_pck@0.2": _mean(gains),
+                    "better": sum(g > 0 for g in gains),
+                    "worse": sum(g < 0 for g in gains),
+                }
         k1 = [r["k"][ks[0]] for r in rows if ks[0] in r["k"] and "today_k1" in r["k"][ks[0]]]
         summary[tag]["today_k1_pck@0.2"] = _mean([e["today_k1"]["pck@0.2"] for e in k1])
     report["summary"] = summary

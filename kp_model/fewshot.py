@@ -339,10 +339,10 @@ class FewShotPredictor:
         second = answer(keys[1])
         if pose_distance(points, second.points) <= self.cfg.vote_agree * size:
             return points, scores, keys[0]
-        third = answer(keys[2])
         factor = self.cfg.disagree_factor
-        if self._twins(keys[1], keys[2], size):  # one support's say twice: no majority against the nearest
+        if self._twins(keys[1], keys[2], size):  # one support's say twice: no majority against the nearest (not asked)
             return points, scores * factor, keys[0]
+        third = answer(keys[2])
         if pose_distance(second.points, third.points) <= self.cfg.vote_agree * size < pose_distance(points, third.points):
             key, best = (keys[1], second) if second.score >= third.score else (keys[2], third)
             return best.points, best.scores * factor, key

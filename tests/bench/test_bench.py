@@ -118,3 +118,29 @@ def test_busy_cores_run_while_the_block_does_and_stop_after() -> None:
         spinning = [p for p in multiprocessing.active_children() if p not in before]
         assert len(spinning) == 2 and all(p.is_alive() for p in spinning)
     assert not any(p.is_alive() for p in spinning)
+
+
+def test_fewshot_reports_the_first_image_alone_on_the_same_queries(tmp_path: Path, shared_data: Path) -> None:
+    # three copies of one labelled zebra image: every query shows its supports exactly, so k = 1, k = 2 and the first
+    # image alone on k = 2's query all score PCK 1, and k = 2 gains nothing over the first image alone
+    source = shared_data / "mmpose__zebra_zebra"
+    coco = json.loads((source / "annotations.json").read_text())
+    image, annotation = coco["images"][0], coco["annotations"][0]
+    folder = tmp_path / "three_copies"
+    (folder / "images").mkdir(parents=True)
+    coco["images"], coco["annotations"] = [], []
+    for i, name in enumerate(("a.jpg", "b.jpg", "c.jpg"), start=1):
+        (folder / "images" / name).write_bytes((source / "images" / image["file_name"]).read_bytes())
+        coco["images"].append({**image, "id": i, "file_name": name})
+        coco["annotations"].append({**annotation, "id": i, "image_id": i})
+    (folder / "annotations.json").write_text(json.dumps(coco))
+    out = tmp_path / "fewshot.json"
+    assert main(["bench", "fewshot", "--data", str(folder), "--ks", "1", "2", "--no-plots", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    k1, k2 = report["folders"]["three_copies"]["k"]["1"], report["folders"]["three_copies"]["k"]["2"]
+    assert "first_only" not in k1 and k1["today_k1"]["pck@0.2"] == 1.0 and k1["queries"] == 2
+    assert k2["queries"] == 1 and k2["fewshot"]["pck@0.2"] == 1.0 and k2["first_only"]["pck@0.2"] == 1.0
+    summary = report["summary"]["all"]["2"]
+    assert summary["first_only_pck@0.2"] == 1.0
+    assert summary["vs_first_only"] == {"folders": 1, "mean_gain_pck@0.2": 0.0, "better": 0, "worse": 0}
+    assert "vs_first_only" not in report["summary"]["all"]["1"]

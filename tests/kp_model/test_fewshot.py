@@ -132,11 +132,13 @@ def test_two_next_supports_that_agree_overturn_a_flipped_nearest() -> None:
 def test_twins_agreeing_against_the_nearest_are_one_say_and_do_not_overturn_it() -> None:
     # sizes 48 px, twin_radius 0.2: the 2nd and 3rd are labelled 1 px apart (twins: within 9.6 px), or 30 px apart
     cfg = _cfg(twin_radius=0.2, **ALONE)
-    for third_labelled, expected in (([[11.0, 10.0], [51.0, 10.0]], TAIL_HEAD), ([[10.0, 40.0], [50.0, 40.0]], HEAD_TAIL)):
+    # a twin 3rd is not even asked: it could not outvote the nearest
+    twin, apart = ([[11.0, 10.0], [51.0, 10.0]], TAIL_HEAD, [50, 51]), ([[10.0, 40.0], [50.0, 40.0]], HEAD_TAIL, [50, 51, 52])
+    for third_labelled, expected, asked in (twin, apart):
         p = _voters([TAIL_HEAD, HEAD_TAIL, HEAD_TAIL], cfg, labelled=[TAIL_HEAD, HEAD_TAIL, third_labelled])
         Recorder.asked = []
         [pred] = p.predict([scene(40)])
-        assert Recorder.asked == [50, 51, 52] and pred.points.tolist() == expected
+        assert Recorder.asked == asked and pred.points.tolist() == expected
     with pytest.raises(ValueError, match="twin_radius"):
         _cfg(twin_radius=-0.1)
 
