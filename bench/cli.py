@@ -49,9 +49,15 @@ def bench_fewshot(args: argparse.Namespace) -> int:
             + (f", first image alone {r['first_only_pck@0.2']:.3f}" if "first_only_pck@0.2" in r else "")
             + ")"
             for k, r in rows.items()
-            if isinstance(r, dict)
+            if isinstance(k, int)
         )
         print(f"{tag}: PCK@0.2 {line}; today's engine k=1: {rows['today_k1_pck@0.2']:.3f}")
+        if "every_pair_k2" in rows:
+            e = rows["every_pair_k2"]
+            print(
+                f"{tag}: k=2 over every pair, {e['folders']} folders: {e['fewshot_pck@0.2']:.3f} against each image alone "
+                f"{e['alone_pck@0.2']:.3f} (mean gain {e['mean_gain_pck@0.2']:+.3f}, {e['better']} better, {e['worse']} worse)"
+            )
     return 0
 
 

@@ -2,7 +2,9 @@
 many as it allows, one image at least left to predict), PCK and mean error on the images not labelled, with the
 default engine behind kp_model.fewshot; beside copying the nearest labelled image's keypoints and today's one-shot
 engine (the first image as the only support; at k > 1 on the same queries too, ``first_only``: what the k - 1 other
-labels add, image for image). Scores: does a low task score find the bad predictions (AUROC for
+labels add, image for image). Folders of 3 to 19 images (categories, not videos) also get ``every_pair``: k = 2 over
+every pair of their images, on each other image, against each image of the pair alone on the same query (one spread
+draw is one arbitrary pair and 1-3 queries). Scores: does a low task score find the bad predictions (AUROC for
 PCK@0.2 < 0.5) and do point scores rank point errors (Spearman)? Cost: seconds per query and memory against k.
 
 Halves, so that settings chosen on one can be checked on the other: folders at even / odd positions (sorted by name)
@@ -10,9 +12,12 @@ and, for video folders, queries in the first / second half of the frames."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +139,40 @@ def _folder(folder: Path, ks: tuple[int, ...], cfg: FewShotConfig, engine: Predi
             folder.name, k, entry["fewshot"]["pck@0.2"], entry["copy_nearest"]["pck@0.2"], len(queries),
             entry["seconds_per_query"],
         )  # fmt: skip
+    if 2 in ks and 3 <= len(group) < VIDEO_MIN_IMAGES:
+        out["every_pair"] = _every_pair(group, image, cfg, engine)
     return out
+
+
+def _every_pair(group: list[Sample], image: Callable[[Sample], np.ndarray], cfg: FewShotConfig, engine: PredictorConfig) -> dict:
+    """k = 2 over every pair of ``group``'s images, on every other image, against each image of the pair alone (the
+    engine with it as the only support, as ``first_only``) on the same query. Each image is described once."""
+    alone, labels = [], []
+    for s in group:
+        kps, names, _ = _labelled(s)
+        predictor = build_predictor(engine)
+        predictor.set_support(image(s), kps, names)
+        alone.append(predictor)
+        labels.append((kps, names))
+
+    @functools.cache
+    def single(i: int, q: int) -> dict | None:
+        [pred] = alone[i].predict([image(group[q])])
+        return _score(pred.points, pred.scores, pred.names, group[q])
+
+    fewshot, singles = [], []
+    for a, b in itertools.combinations(range(len(group)), 2):
+        pair = FewShotPredictor(None, cfg)
+        for i in (a, b):
+            pair.add_support(group[i].image_path.name, image(group[i]), *labels[i], described=alone[i])
+        for q in (q for q in range(len(group)) if q not in (a, b)):
+            [pred] = pair.predict([image(group[q])])
+            found = [_score(pred.points, pred.scores, pred.names, group[q]), single(a, q), single(b, q)]
+            if all(r is not None for r in found):
+                fewshot.append(found[0]["errors"])
+                singles += [found[1]["errors"], found[2]["errors"]]
+    pairs = len(group) * (len(group) - 1) // 2
+    return {"pairs": pairs, "draws": len(fewshot), "fewshot": metrics.summarise(fewshot), "alone": metrics.summarise(singles)}
 
 
 def _interactive(pred, query: Sample) -> dict | None:
@@ -236,6 +274,17 @@ def run_fewshot_bench(
                     "better": sum(g > 0 for g in gains),
                     "worse": sum(g < 0 for g in gains),
                 }
+        drawn = [r["every_pair"] for r in rows if r.get("every_pair", {}).get("draws")]
+        if drawn:
+            gains = [e["fewshot"]["pck@0.2"] - e["alone"]["pck@0.2"] for e in drawn]
+            summary[tag]["every_pair_k2"] = {
+                "folders": len(drawn),
+                "fewshot_pck@0.2": _mean([e["fewshot"]["pck@0.2"] for e in drawn]),
+                "alone_pck@0.2": _mean([e["alone"]["pck@0.2"] for e in drawn]),
+                "mean_gain_pck@0.2": _mean(gains),
+                "better": sum(g > 0 for g in gains),
+                "worse": sum(g < 0 for g in gains),
+            }
         k1 = [r["k"][ks[0]] for r in rows if ks[0] in r["k"] and "today_k1" in r["k"][ks[0]]]
         summary[tag]["today_k1_pck@0.2"] = _mean([e["today_k1"]["pck@0.2"] for e in k1])
     report["summary"] = summary
