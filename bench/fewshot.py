@@ -146,7 +146,8 @@ def _folder(folder: Path, ks: tuple[int, ...], cfg: FewShotConfig, engine: Predi
 
 def _every_pair(group: list[Sample], image: Callable[[Sample], np.ndarray], cfg: FewShotConfig, engine: PredictorConfig) -> dict:
     """k = 2 over every pair of ``group``'s images, on every other image, against each image of the pair alone (the
-    engine with it as the only support, as ``first_only``) on the same query. Each image is described once."""
+    engine with it as the only support, as ``first_only``) on the same query, and against the better of the two on
+    each query (the most a choice between them could give). Each image is described once."""
     alone, labels = [], []
     for s in group:
         kps, names, _ = _labelled(s)
@@ -160,7 +161,7 @@ def _every_pair(group: list[Sample], image: Callable[[Sample], np.ndarray], cfg:
         [pred] = alone[i].predict([image(group[q])])
         return _score(pred.points, pred.scores, pred.names, group[q])
 
-    fewshot, singles = [], []
+    fewshot, singles, better = [], [], []
     for a, b in itertools.combinations(range(len(group)), 2):
         pair = FewShotPredictor(None, cfg)
         for i in (a, b):
@@ -171,8 +172,15 @@ def _every_pair(group: list[Sample], image: Callable[[Sample], np.ndarray], cfg:
             if all(r is not None for r in found):
                 fewshot.append(found[0]["errors"])
                 singles += [found[1]["errors"], found[2]["errors"]]
-    pairs = len(group) * (len(group) - 1) // 2
-    return {"pairs": pairs, "draws": len(fewshot), "fewshot": metrics.summarise(fewshot), "alone": metrics.summarise(singles)}
+                better.append(max(found[1:], key=lambda r: float(np.mean(r["errors"] <= 0.2)))["errors"])
+    return {
+        "pairs": len(group) * (len(group) - 1) // 2,
+        "draws": len(fewshot),
+        "fewshot": metrics.summarise(fewshot),
+        "alone": metrics.summarise(singles),
+        "better_alone": metrics.summarise(better),  # the pair's better image alone on each query (known afterwards): the
+        # most that choosing one of the two supports could give
+    }
 
 
 def _interactive(pred, query: Sample) -> dict | None:
@@ -281,6 +289,7 @@ def run_fewshot_bench(
                 "folders": len(drawn),
                 "fewshot_pck@0.2": _mean([e["fewshot"]["pck@0.2"] for e in drawn]),
                 "alone_pck@0.2": _mean([e["alone"]["pck@0.2"] for e in drawn]),
+                "better_alone_pck@0.2": _mean([e["better_alone"]["pck@0.2"] for e in drawn]),
                 "mean_gain_pck@0.2": _mean(gains),
                 "better": sum(g > 0 for g in gains),
                 "worse": sum(g < 0 for g in gains),

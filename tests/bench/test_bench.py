@@ -147,12 +147,13 @@ def test_fewshot_reports_the_first_image_alone_on_the_same_queries(tmp_path: Pat
     # every pair of the three images (3 pairs, the third image the query of each), against each image of the pair alone
     every = report["folders"]["three_copies"]["every_pair"]
     assert every["pairs"] == 3 and every["draws"] == 3
-    assert every["fewshot"]["pck@0.2"] == 1.0 and every["alone"]["pck@0.2"] == 1.0
+    assert every["fewshot"]["pck@0.2"] == 1.0 and every["alone"]["pck@0.2"] == 1.0 and every["better_alone"]["pck@0.2"] == 1.0
     assert every["alone"]["queries"] == 6
     assert report["summary"]["all"]["every_pair_k2"] == {
         "folders": 1,
         "fewshot_pck@0.2": 1.0,
         "alone_pck@0.2": 1.0,
+        "better_alone_pck@0.2": 1.0,
         "mean_gain_pck@0.2": 0.0,
         "better": 0,
         "worse": 0,
