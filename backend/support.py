@@ -187,7 +187,6 @@ class SupportCache:
                     error = exc
             if not predictor.is_support_set:
                 raise error or SupportError("no usable support annotation")
-            predictor.uses_mirror()  # the mirror check of new pairs of supports, once, before the predictor is shared
             kept = tuple(ref for ref in refs if ref.key in predictor.support_keys)
             cached = CachedSupport(kept, predictor, engine_version, array_bytes(predictor))
             with self._lock:

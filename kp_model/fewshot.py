@@ -11,9 +11,7 @@ answers unlike their support rank low; with one support too). Last, in the scene
 the next nearest supports' answers that fall near it (``blend``), and its score lowered when they place it elsewhere
 (``agreement``). Then the answer is matched back onto the support it came from (``cycle``, kp_model.cycle): a
 keypoint that does not lead back to the support's own keypoint has its score lowered, with any number of supports
-(so scores rank errors from the first label). With two or more labelled images of other individuals, the labels
-decide whether the engine's mirrored supports answer (``uses_mirror``, kp_model.mirror_check). The combining
-functions live in kp_model.fusion; the settings in kp_model.fewshot_config.
+(so scores rank errors from the first label). The combining functions live in kp_model.fusion.
 
 predictor = FewShotPredictor(lambda: build_predictor(cfg))
 predictor.add_support("12", image, keypoints, names)    # one per labelled image, features cached per key
@@ -42,12 +40,108 @@ from kp_model.appearance import (  # global_descriptor: also this module's API (
     smooth_grey,
     support_appearance,
 )
+from kp_model.config import JsonConfig
 from kp_model.cycle import cycle_errors, cycle_factor, decode_image, encode_image
-from kp_model.fewshot_config import FewShotConfig  # also this module's API
-from kp_model.fusion import agreement, blend, fuse, lower, pose_distance, reorder
-from kp_model.mirror_check import check_pair, mirror_pairs, prefers_mirror
+from kp_model.fusion import FUSIONS, agreement, blend, fuse, lower, pose_distance, reorder
 from kp_model.oneshot.instances import RankedInstancePredictor, count_instances, merge_ranked
 from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError, predict_instances, validate_support
+
+
+@dataclass(frozen=True)
+class FewShotConfig(JsonConfig):
+    max_supports: int = 50  # supports kept per predictor; beyond, the first added leave first
+    shortlist: int = 1  # supports matched per query, the nearest by global descriptor (the per-query cost; more measured worse)
+    agree_radius: float = 0.1  # answers of a keypoint closer than this x the object's size (px) agree
+    similarity_temperature: float = 0.05  # weight of a support's answer: exp((sim - best sim) / T) x its score
+    fusion: str = "agree"  # "agree": per keypoint, the answer most weight agrees on; "best": the whole answer of the
+    # support with the highest weighted mean score (its pose kept intact); both score a keypoint by agreement
+    instance_supports: int = 4  # individuals: at most this many supports of the nearest image (its individuals) search
+    vote: bool = True  # shortlist 1, 3+ supports: the 2nd and 3rd nearest replace the nearest's pose when both disagree
+    # with it and agree with each other (fixed head/tail flips: issue 11, chosen on the mouse video's first half)
+    vote_agree: float = 0.1  # two poses agree when their mean keypoint distance is <= this x the support's size (the
+    # vote; and the check: an answer replaces the checked one only when another support's answer agrees with it)
+    twin_radius: float = 0.2  # two supports whose labelled poses lie within this x the nearest support's size of each
+    # other (px, in their own images: in a fixed-camera video, the animal at the same place in the same pose) are
+    # twins: their answers agreeing is one support's say, so twins neither vote together nor back each other (0 =
+    # off). Two adjacent frames, twins, gave the same flip and overturned right answers (issue 12, random order at
+    # k = 10). Chosen among 0.1-0.3 on the mouse video's first half of frames (the loop bench's supports, both
+    # orders, k = 5-20): 0.2 and 0.3 tied, the smaller kept
+    disagree_factor: float = 1.0  # scores x this when the 2nd nearest's pose disagrees with the answer; 0.5 ranked the
+    # errors worse in `kpassist bench fewshot` (mouse AUROC 0.72 -> 0.63 at k = 5), so it is off by default
+    verify_supports: int = 6  # shortlist 1, the nearest's scene: supports whose answers compete when the answer fails
+    # the appearance check (1 = no check; chosen on the mouse video's first half of frames: more found more flips)
+    verify_scene: float = 0.8  # the check replaces answers (and the blend runs) when the nearest support's global
+    # similarity is at least this (the same scene: a fixed-camera video); other individuals differ in grey level, so
+    # there it only scores: an answer that does not look like its support ranks low in any project
+    verify_below: float = 0.9  # the answer fails the check when its correlation with its support is below this
+    verify_margin: float = 0.2  # another support's answer replaces it when its correlation is higher by this much, or
+    # higher at all when a third support's answer backs it (agrees within vote_agree). Chosen on the mouse video's
+    # first half of frames: the margin rule alone (0.7, 0.2) missed flips at k = 20; the backed rule alone (0.9, margin
+    # 0 for both) lost the margin's replacements where no third support can back (few supports)
+    verify_score_power: float = 2.0  # checked answers' scores x their correlation (floored at 0) to this power, one
+    # support or many, in any scene: flips and other individuals' poorly matched answers rank low (0: scores as the
+    # engine gives them; outside the scene too since the pooled ranking of issue 11, same power). Chosen on the
+    # mouse's first half of frames: the correlation ranks bad tasks better than the engine's scores at k = 1-2, the
+    # product at k = 20; 4 ranked a little better but pushed some right answers under KPASSIST_SCORE_THRESHOLD at
+    # k = 1 (their points left out)
+    verify_score_floor: float = 0.05  # the check and the agreement (agree_score_weight) lower a score to this at most
+    # (KPASSIST_SCORE_THRESHOLD's default): a keypoint the engine would show is not hidden by them
+    blend_supports: int = 4  # shortlist 1, the nearest's scene: each keypoint is averaged with the answers, among
+    # those of the blend_supports nearest supports, that fall within blend_radius of it (1 = off; chosen on the mouse's
+    # first half of frames among 3-6 supports and radii 0.2-0.4)
+    blend_radius: float = 0.3  # x the nearest support's size: farther answers of a keypoint are other guesses, not noise
+    agree_score_weight: float = 0.4  # with the blend and 3+ supports: a keypoint's score x (1 - w + w x how much the
+    # blend's other answers agree with it: mean exp(-(d / blend_radius x size)^2)), so a point the next nearest frames
+    # place elsewhere ranks low (0 = off). Chosen on the mouse video's first half of frames among 0.2-0.6 (AUROC of
+    # the task score, mean over k = 1-20, with the check of then: 0.82 -> 0.85 there, 0.77 -> 0.84 on the second half)
+    cycle_weight: float = 0.8  # each keypoint's score x (1 - w + w x exp(-(e / cycle_sigma)^2)), e the distance back
+    # to its support's keypoint when the answer is matched back onto the support it came from (kp_model.cycle; one
+    # more match per query; 0 = off). Chosen on the mouse video's first half of frames among 0.5-1.0 and sigmas
+    # 0.05-0.3, with the score floor (AUROC of the task score, mean over k = 1, 2, 5, 10: 0.79 -> 0.86 there, 0.80 ->
+    # 0.88 on the second half)
+    cycle_sigma: float = 0.1  # x the support's size: a keypoint found back farther than this is likely wrong
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.max_supports < 1:
+            raise ValueError(f"max_supports must be >= 1, got {self.max_supports}")
+        if self.shortlist < 1:
+            raise ValueError(f"shortlist must be >= 1, got {self.shortlist}")
+        if self.instance_supports < 1:
+            raise ValueError(f"instance_supports must be >= 1, got {self.instance_supports}")
+        if self.agree_radius <= 0:
+            raise ValueError(f"agree_radius must be > 0, got {self.agree_radius}")
+        if self.similarity_temperature <= 0:
+            raise ValueError(f"similarity_temperature must be > 0, got {self.similarity_temperature}")
+        if self.vote_agree <= 0:
+            raise ValueError(f"vote_agree must be > 0, got {self.vote_agree}")
+        if self.twin_radius < 0:
+            raise ValueError(f"twin_radius must be >= 0, got {self.twin_radius}")
+        if not 0 <= self.disagree_factor <= 1:
+            raise ValueError(f"disagree_factor must be in [0, 1], got {self.disagree_factor}")
+        if self.verify_supports < 1:
+            raise ValueError(f"verify_supports must be >= 1, got {self.verify_supports}")
+        if not -1 <= self.verify_scene <= 1:
+            raise ValueError(f"verify_scene must be in [-1, 1], got {self.verify_scene}")
+        if not -1 <= self.verify_below <= 1:
+            raise ValueError(f"verify_below must be in [-1, 1], got {self.verify_below}")
+        if self.verify_margin < 0:
+            raise ValueError(f"verify_margin must be >= 0, got {self.verify_margin}")
+        if self.verify_score_power < 0:
+            raise ValueError(f"verify_score_power must be >= 0, got {self.verify_score_power}")
+        if not 0 <= self.verify_score_floor <= 1:
+            raise ValueError(f"verify_score_floor must be in [0, 1], got {self.verify_score_floor}")
+        if self.blend_supports < 1:
+            raise ValueError(f"blend_supports must be >= 1, got {self.blend_supports}")
+        if self.blend_radius <= 0:
+            raise ValueError(f"blend_radius must be > 0, got {self.blend_radius}")
+        if not 0 <= self.agree_score_weight <= 1:
+            raise ValueError(f"agree_score_weight must be in [0, 1], got {self.agree_score_weight}")
+        if not 0 <= self.cycle_weight <= 1:
+            raise ValueError(f"cycle_weight must be in [0, 1], got {self.cycle_weight}")
+        if self.cycle_sigma <= 0:
+            raise ValueError(f"cycle_sigma must be > 0, got {self.cycle_sigma}")
 
 
 @dataclass
@@ -58,8 +152,7 @@ class _Support:
     size: float  # px: the longer side of its keypoints' extent x 1.2 (about its reference box)
     appearance: SupportAppearance  # its region's grey levels, for the appearance check of answers it gives
     keypoints: np.ndarray  # (K, 2) px in its image, in ``names`` order
-    image: np.ndarray | None  # its image JPEG-encoded (kp_model.cycle.encode_image), for the cycle and mirror checks;
-    # None when both are off
+    image: np.ndarray | None  # its image JPEG-encoded (kp_model.cycle.encode_image), for the cycle check; None when off
 
 
 class FewShotPredictor:
@@ -70,9 +163,6 @@ class FewShotPredictor:
         self.make_predictor = make_predictor
         self.cfg = cfg or FewShotConfig()
         self._supports: OrderedDict[str, _Support] = OrderedDict()
-        self._mirrors: dict[str, Predictor | None] = {}  # supports' mirrored predictors, built when checked (None: none)
-        self._mirror_checks: dict[tuple[str, str], tuple[float, float] | None] = {}  # (answering, answered) -> PCK
-        # plain and mirrored (None: not told)
 
     @property
     def is_support_set(self) -> bool:
@@ -105,7 +195,6 @@ class FewShotPredictor:
         leaves the other as it was."""
         other = FewShotPredictor(self.make_predictor, self.cfg)
         other._supports = OrderedDict(self._supports)
-        other._mirrors, other._mirror_checks = dict(self._mirrors), dict(self._mirror_checks)
         return other
 
     def set_support(self, image: np.ndarray, keypoints: np.ndarray, names: list[str]) -> None:
@@ -129,52 +218,16 @@ class FewShotPredictor:
         else:
             predictor = self.make_predictor()
             predictor.set_support(image, kps, list(names))
-        self.remove_support(key)
+        self._supports.pop(key, None)
         size = 1.2 * max(float(np.ptp(kps, axis=0).max()), 1.0)
         appearance = support_appearance(np.asarray(image), kps)
-        kept = encode_image(image) if self.cfg.cycle_weight > 0 or self.cfg.mirror_check else None
+        kept = encode_image(image) if self.cfg.cycle_weight > 0 else None
         self._supports[key] = _Support(predictor, global_descriptor(image), list(names), size, appearance, kps, kept)
         while len(self._supports) > self.cfg.max_supports:
-            self.remove_support(next(iter(self._supports)))
+            self._supports.popitem(last=False)
 
     def remove_support(self, key: str) -> None:
         self._supports.pop(key, None)
-        self._mirrors.pop(key, None)
-        self._mirror_checks = {pair: v for pair, v in self._mirror_checks.items() if key not in pair}
-
-    def uses_mirror(self) -> bool:
-        """True when the supports' mirrored predictors answer (``FewShotConfig.mirror_check``, kp_model.mirror_check):
-        the pairs of supports not checked yet are checked now (a caller that ships this predictor elsewhere calls it
-        first, so that the checks travel with it)."""
-        if not self.cfg.mirror_check or len(self._supports) < 2:
-            return False
-        pairs = mirror_pairs(self._supports, self.cfg.verify_scene, self.cfg.mirror_check_pairs)
-        for a, b in pairs:
-            if (a, b) not in self._mirror_checks:
-                mirrored, answered = self._mirrored(a), self._supports[b]
-                told = mirrored is not None and answered.image is not None
-                self._mirror_checks[(a, b)] = (
-                    check_pair(
-                        self._supports[a].predictor,
-                        mirrored,
-                        decode_image(answered.image),
-                        answered.names,
-                        answered.keypoints,
-                        answered.size,
-                    )  # fmt: skip
-                    if told
-                    else None
-                )
-        return prefers_mirror([self._mirror_checks[pair] for pair in pairs])
-
-    def _mirrored(self, key: str) -> Predictor | None:
-        """Support ``key``'s engine with its mirrored support too (built once), or None when the engine offers none."""
-        if key not in self._mirrors:
-            support = self._supports[key]
-            make = getattr(support.predictor, "mirrored", None)
-            told = make is not None and support.image is not None
-            self._mirrors[key] = make(decode_image(support.image), support.keypoints) if told else None
-        return self._mirrors[key]
 
     def nearest(self, image: np.ndarray, n: int) -> list[tuple[str, float]]:
         """The ``n`` supports most similar to ``image`` by global descriptor: [(key, similarity)], best first."""
@@ -200,10 +253,9 @@ class FewShotPredictor:
         names = self.support_names
         ranked = self.nearest(image, len(self._supports))
         group = [key for key, sim in ranked if sim >= ranked[0][1] - 1e-6][: self.cfg.instance_supports]
-        mirror = self.uses_mirror()
-        rankers = [p for p in (self._answering(k, mirror) for k in group) if isinstance(p, RankedInstancePredictor)]
+        rankers = [p for p in (self._supports[k].predictor for k in group) if isinstance(p, RankedInstancePredictor)]
         if not rankers:
-            [[pred, *_]] = predict_instances(self._answering(group[0], mirror), [image])
+            [[pred, *_]] = predict_instances(self._supports[group[0]].predictor, [image])
             return [reorder(pred, names)], [0.0]
         lists = []
         for predictor in rankers:
@@ -232,11 +284,9 @@ class FewShotPredictor:
         ranked = self.nearest(image, max(cfg.shortlist, 3 if vote else 1, more))
         keys = [key for key, _ in ranked]
 
-        mirror = self.uses_mirror()
-
         @functools.cache
         def ask(key: str) -> KeypointPrediction:  # each support asked at most once per query
-            [pred] = self._answering(key, mirror).predict([image])
+            [pred] = self._supports[key].predictor.predict([image])
             return pred
 
         @functools.cache
@@ -267,10 +317,6 @@ class FewShotPredictor:
         if cfg.cycle_weight > 0:
             scores = self._cycle(image, names, points, scores, source)
         return KeypointPrediction(names, points, scores, time.perf_counter() - t0)
-
-    def _answering(self, key: str, mirror: bool) -> Predictor:
-        """Support ``key``'s predictor: its mirrored one when ``mirror`` (``uses_mirror``) and it has one."""
-        return (self._mirrored(key) if mirror else None) or self._supports[key].predictor
 
     def _cycle(self, image: np.ndarray, names: list[str], points: np.ndarray, scores: np.ndarray, source: str) -> np.ndarray:
         """Scores (K,) lowered where the answer (points (K, 2) px in ``names`` order) does not lead back to the

@@ -4,7 +4,6 @@ face the other way."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 
@@ -56,33 +55,17 @@ class OneShotPredictor:
         """Cache the support: image (H, W, 3) uint8 RGB, keypoints (K, 2) px, K names (see validate_support)."""
         kps = validate_support(image, keypoints, names)
         image = np.asarray(image)
+        h, w = image.shape[:2]
         t0 = time.perf_counter()
         self._template = self.matcher.build_template(image, kps)
-        self._mirror = self._mirror_template(image, kps, list(names)) if self.mirror else None
+        self._mirror = None
+        perm = mirror_permutation(list(names)) if self.mirror else None
+        if perm is not None:  # keypoint i of the mirrored support is names[i], found where its partner was, flipped
+            flipped = kps[perm].copy()
+            flipped[:, 0] = w - 1 - flipped[:, 0]
+            self._mirror = self.matcher.build_template(np.ascontiguousarray(image[:, ::-1]), np.clip(flipped, 0, None))
         self._names = list(names)
         log.debug("support set: %d keypoints in %.2fs", len(kps), time.perf_counter() - t0)
-
-    def mirrored(self, image: np.ndarray, keypoints: np.ndarray) -> OneShotPredictor | None:
-        """A copy of this predictor that also tries its support flipped with left/right labels swapped (in other
-        scenes, by ``mirror_margin``), or None when the support's names have no left/right pairs. ``image`` (H, W, 3)
-        uint8 RGB and ``keypoints`` (K, 2) px: the support this predictor was set with. This one is left as it was."""
-        if self._template is None:
-            raise SupportNotSetError("no support set: call set_support(image, keypoints, names) before mirrored()")
-        template = self._mirror or self._mirror_template(np.asarray(image), np.asarray(keypoints, np.float64), self._names)
-        if template is None:
-            return None
-        other = copy.copy(self)
-        other.mirror, other._mirror = True, template
-        return other
-
-    def _mirror_template(self, image: np.ndarray, kps: np.ndarray, names: list[str]) -> SupportTemplate | None:
-        """The support flipped, keypoint i of it names[i] found where its partner was; None without left/right pairs."""
-        perm = mirror_permutation(names)
-        if perm is None:
-            return None
-        flipped = kps[perm].copy()
-        flipped[:, 0] = image.shape[1] - 1 - flipped[:, 0]
-        return self.matcher.build_template(np.ascontiguousarray(image[:, ::-1]), np.clip(flipped, 0, None))
 
     def predict(self, images: list[np.ndarray]) -> list[KeypointPrediction]:
         """Find the support's keypoints in each image ((H, W, 3) uint8 RGB); reuses the cached support."""

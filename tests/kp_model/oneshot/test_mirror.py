@@ -46,29 +46,3 @@ def test_a_mirrored_individual_gets_swapped_labels(blob_image) -> None:
     flipped[:, 0] = 199 - flipped[:, 0]
     expected = flipped[[0, 2, 1]]  # the left ear of a mirrored individual sits where the right one was, flipped
     assert np.linalg.norm(pred.points - expected, axis=1).max() < 8.0, (pred.points, expected)
-
-
-def test_mirrored_copy_finds_the_mirrored_individual_and_leaves_the_original(blob_image) -> None:
-    support, pts = blob_image(width=200, height=150, centre=(80, 70))
-    query = np.ascontiguousarray(support[:, ::-1])
-    names = ["nose", "left_ear", "right_ear"]
-    cfg = PredictorConfig(oneshot=OneShotConfig(same_scene_threshold=1.01))  # mirror off, as by default
-    plain = build_predictor(cfg)
-    plain.set_support(support, pts, names)
-    mirrored = plain.mirrored(support, pts)
-    assert mirrored is not None and mirrored is not plain and plain._mirror is None
-    flipped = pts.copy()
-    flipped[:, 0] = 199 - flipped[:, 0]
-    [pred] = mirrored.predict([query])
-    assert np.linalg.norm(pred.points - flipped[[0, 2, 1]], axis=1).max() < 8.0, pred.points
-    no_pairs = build_predictor(cfg)
-    no_pairs.set_support(support, pts, ["nose", "ear_1", "ear_2"])
-    assert no_pairs.mirrored(support, pts) is None  # no left/right names: nothing to mirror
-
-
-def test_mirrored_before_a_support_is_an_error(blob_image) -> None:
-    from kp_model.predictor import SupportNotSetError
-
-    support, pts = blob_image()
-    with pytest.raises(SupportNotSetError, match="set_support"):
-        build_predictor(PredictorConfig()).mirrored(support, pts)
