@@ -40,108 +40,13 @@ from kp_model.appearance import (  # global_descriptor: also this module's API (
     smooth_grey,
     support_appearance,
 )
-from kp_model.config import JsonConfig
 from kp_model.cycle import cycle_errors, cycle_factor, decode_image, encode_image
-from kp_model.fusion import FUSIONS, agreement, blend, fuse, lower, pose_distance, reorder
+from kp_model.fewshot_config import FewShotConfig  # also this module's API
+from kp_model.fusion import agreement, blend, fuse, lower, pose_distance, reorder
 from kp_model.oneshot.instances import RankedInstancePredictor, count_instances, merge_ranked
 from kp_model.predictor import KeypointPrediction, Predictor, SupportNotSetError, predict_instances, validate_support
 
-
-@dataclass(frozen=True)
-class FewShotConfig(JsonConfig):
-    max_supports: int = 50  # supports kept per predictor; beyond, the first added leave first
-    shortlist: int = 1  # supports matched per query, the nearest by global descriptor (the per-query cost; more measured worse)
-    agree_radius: float = 0.1  # answers of a keypoint closer than this x the object's size (px) agree
-    similarity_temperature: float = 0.05  # weight of a support's answer: exp((sim - best sim) / T) x its score
-    fusion: str = "agree"  # "agree": per keypoint, the answer most weight agrees on; "best": the whole answer of the
-    # support with the highest weighted mean score (its pose kept intact); both score a keypoint by agreement
-    instance_supports: int = 4  # individuals: at most this many supports of the nearest image (its individuals) search
-    vote: bool = True  # shortlist 1, 3+ supports: the 2nd and 3rd nearest replace the nearest's pose when both disagree
-    # with it and agree with each other (fixed head/tail flips: issue 11, chosen on the mouse video's first half)
-    vote_agree: float = 0.1  # two poses agree when their mean keypoint distance is <= this x the support's size (the
-    # vote; and the check: an answer replaces the checked one only when another support's answer agrees with it)
-    twin_radius: float = 0.2  # two supports whose labelled poses lie within this x the nearest support's size of each
-    # other (px, in their own images: in a fixed-camera video, the animal at the same place in the same pose) are
-    # twins: their answers agreeing is one support's say, so twins neither vote together nor back each other (0 =
-    # off). Two adjacent frames, twins, gave the same flip and overturned right answers (issue 12, random order at
-    # k = 10). Chosen among 0.1-0.3 on the mouse video's first half of frames (the loop bench's supports, both
-    # orders, k = 5-20): 0.2 and 0.3 tied, the smaller kept
-    disagree_factor: float = 1.0  # scores x this when the 2nd nearest's pose disagrees with the answer; 0.5 ranked the
-    # errors worse in `kpassist bench fewshot` (mouse AUROC 0.72 -> 0.63 at k = 5), so it is off by default
-    verify_supports: int = 6  # shortlist 1, the nearest's scene: supports whose answers compete when the answer fails
-    # the appearance check (1 = no check; chosen on the mouse video's first half of frames: more found more flips)
-    verify_scene: float = 0.8  # the check replaces answers (and the blend runs) when the nearest support's global
-    # similarity is at least this (the same scene: a fixed-camera video); other individuals differ in grey level, so
-    # there it only scores: an answer that does not look like its support ranks low in any project
-    verify_below: float = 0.9  # the answer fails the check when its correlation with its support is below this
-    verify_margin: float = 0.2  # another support's answer replaces it when its correlation is higher by this much, or
-    # higher at all when a third support's answer backs it (agrees within vote_agree). Chosen on the mouse video's
-    # first half of frames: the margin rule alone (0.7, 0.2) missed flips at k = 20; the backed rule alone (0.9, margin
-    # 0 for both) lost the margin's replacements where no third support can back (few supports)
-    verify_score_power: float = 2.0  # checked answers' scores x their correlation (floored at 0) to this power, one
-    # support or many, in any scene: flips and other individuals' poorly matched answers rank low (0: scores as the
-    # engine gives them; outside the scene too since the pooled ranking of issue 11, same power). Chosen on the
-    # mouse's first half of frames: the correlation ranks bad tasks better than the engine's scores at k = 1-2, the
-    # product at k = 20; 4 ranked a little better but pushed some right answers under KPASSIST_SCORE_THRESHOLD at
-    # k = 1 (their points left out)
-    verify_score_floor: float = 0.05  # the check and the agreement (agree_score_weight) lower a score to this at most
-    # (KPASSIST_SCORE_THRESHOLD's default): a keypoint the engine would show is not hidden by them
-    blend_supports: int = 4  # shortlist 1, the nearest's scene: each keypoint is averaged with the answers, among
-    # those of the blend_supports nearest supports, that fall within blend_radius of it (1 = off; chosen on the mouse's
-    # first half of frames among 3-6 supports and radii 0.2-0.4)
-    blend_radius: float = 0.3  # x the nearest support's size: farther answers of a keypoint are other guesses, not noise
-    agree_score_weight: float = 0.4  # with the blend and 3+ supports: a keypoint's score x (1 - w + w x how much the
-    # blend's other answers agree with it: mean exp(-(d / blend_radius x size)^2)), so a point the next nearest frames
-    # place elsewhere ranks low (0 = off). Chosen on the mouse video's first half of frames among 0.2-0.6 (AUROC of
-    # the task score, mean over k = 1-20, with the check of then: 0.82 -> 0.85 there, 0.77 -> 0.84 on the second half)
-    cycle_weight: float = 0.8  # each keypoint's score x (1 - w + w x exp(-(e / cycle_sigma)^2)), e the distance back
-    # to its support's keypoint when the answer is matched back onto the support it came from (kp_model.cycle; one
-    # more match per query; 0 = off). Chosen on the mouse video's first half of frames among 0.5-1.0 and sigmas
-    # 0.05-0.3, with the score floor (AUROC of the task score, mean over k = 1, 2, 5, 10: 0.79 -> 0.86 there, 0.80 ->
-    # 0.88 on the second half)
-    cycle_sigma: float = 0.1  # x the support's size: a keypoint found back farther than this is likely wrong
-
-    def __post_init__(self) -> None:
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.max_supports < 1:
-            raise ValueError(f"max_supports must be >= 1, got {self.max_supports}")
-        if self.shortlist < 1:
-            raise ValueError(f"shortlist must be >= 1, got {self.shortlist}")
-        if self.instance_supports < 1:
-            raise ValueError(f"instance_supports must be >= 1, got {self.instance_supports}")
-        if self.agree_radius <= 0:
-            raise ValueError(f"agree_radius must be > 0, got {self.agree_radius}")
-        if self.similarity_temperature <= 0:
-            raise ValueError(f"similarity_temperature must be > 0, got {self.similarity_temperature}")
-        if self.vote_agree <= 0:
-            raise ValueError(f"vote_agree must be > 0, got {self.vote_agree}")
-        if self.twin_radius < 0:
-            raise ValueError(f"twin_radius must be >= 0, got {self.twin_radius}")
-        if not 0 <= self.disagree_factor <= 1:
-            raise ValueError(f"disagree_factor must be in [0, 1], got {self.disagree_factor}")
-        if self.verify_supports < 1:
-            raise ValueError(f"verify_supports must be >= 1, got {self.verify_supports}")
-        if not -1 <= self.verify_scene <= 1:
-            raise ValueError(f"verify_scene must be in [-1, 1], got {self.verify_scene}")
-        if not -1 <= self.verify_below <= 1:
-            raise ValueError(f"verify_below must be in [-1, 1], got {self.verify_below}")
-        if self.verify_margin < 0:
-            raise ValueError(f"verify_margin must be >= 0, got {self.verify_margin}")
-        if self.verify_score_power < 0:
-            raise ValueError(f"verify_score_power must be >= 0, got {self.verify_score_power}")
-        if not 0 <= self.verify_score_floor <= 1:
-            raise ValueError(f"verify_score_floor must be in [0, 1], got {self.verify_score_floor}")
-        if self.blend_supports < 1:
-            raise ValueError(f"blend_supports must be >= 1, got {self.blend_supports}")
-        if self.blend_radius <= 0:
-            raise ValueError(f"blend_radius must be > 0, got {self.blend_radius}")
-        if not 0 <= self.agree_score_weight <= 1:
-            raise ValueError(f"agree_score_weight must be in [0, 1], got {self.agree_score_weight}")
-        if not 0 <= self.cycle_weight <= 1:
-            raise ValueError(f"cycle_weight must be in [0, 1], got {self.cycle_weight}")
-        if self.cycle_sigma <= 0:
-            raise ValueError(f"cycle_sigma must be > 0, got {self.cycle_sigma}")
+RELIABLE_WITHIN = 0.2  # a support's answer in another labelled image counts right within this x that one's size (PCK@0.2)
 
 
 @dataclass
@@ -163,6 +68,8 @@ class FewShotPredictor:
         self.make_predictor = make_predictor
         self.cfg = cfg or FewShotConfig()
         self._supports: OrderedDict[str, _Support] = OrderedDict()
+        self._answered: dict[tuple[str, str], float | None] = {}  # (support, other support) -> PCK of the first's
+        # answer in the other's image against its labels (None: no keypoint in common), for ``reliability``
 
     @property
     def is_support_set(self) -> bool:
@@ -195,6 +102,7 @@ class FewShotPredictor:
         leaves the other as it was."""
         other = FewShotPredictor(self.make_predictor, self.cfg)
         other._supports = OrderedDict(self._supports)
+        other._answered = dict(self._answered)
         return other
 
     def set_support(self, image: np.ndarray, keypoints: np.ndarray, names: list[str]) -> None:
@@ -218,16 +126,64 @@ class FewShotPredictor:
         else:
             predictor = self.make_predictor()
             predictor.set_support(image, kps, list(names))
-        self._supports.pop(key, None)
+        self.remove_support(key)
         size = 1.2 * max(float(np.ptp(kps, axis=0).max()), 1.0)
         appearance = support_appearance(np.asarray(image), kps)
-        kept = encode_image(image) if self.cfg.cycle_weight > 0 else None
+        kept = encode_image(image) if self.cfg.cycle_weight > 0 or self.cfg.reliability_weight > 0 else None
         self._supports[key] = _Support(predictor, global_descriptor(image), list(names), size, appearance, kps, kept)
         while len(self._supports) > self.cfg.max_supports:
-            self._supports.popitem(last=False)
+            self.remove_support(next(iter(self._supports)))
 
     def remove_support(self, key: str) -> None:
         self._supports.pop(key, None)
+        self._answered = {pair: v for pair, v in self._answered.items() if key not in pair}
+
+    def prepare(self) -> None:
+        """Do now the per-support-set work that ``predict`` would do on first need (the supports' ``reliability``
+        when it is used): a caller that shares or ships this predictor (threads, worker processes) calls it first."""
+        if self.cfg.reliability_weight > 0 and len(self._supports) >= 2:
+            for key in self._supports:
+                self.reliability(key)
+
+    def reliability(self, key: str) -> float | None:
+        """Support ``key``'s share of keypoints answered within RELIABLE_WITHIN x the other support's size of its
+        labels, over at most ``reliability_images`` other supports of other scenes (thumbnail correlation below
+        ``verify_scene``; the first added); None when there is none (or no kept image). Each pair is matched once."""
+        support = self._supports[key]
+        if support.image is None:
+            return None
+        others = [
+            k for k, s in self._supports.items()
+            if k != key and s.image is not None and float(s.descriptor @ support.descriptor) < self.cfg.verify_scene
+        ][: self.cfg.reliability_images]  # fmt: skip
+        for other in others:
+            if (key, other) not in self._answered:
+                self._answered[(key, other)] = self._answer_on(key, other)
+        told = [v for v in (self._answered[(key, other)] for other in others) if v is not None]
+        return float(np.mean(told)) if told else None
+
+    def _answer_on(self, key: str, other: str) -> float | None:
+        """PCK (RELIABLE_WITHIN x ``other``'s size) of support ``key``'s answer in support ``other``'s image."""
+        o = self._supports[other]
+        [pred] = self._supports[key].predictor.predict([decode_image(o.image)])
+        common = [n for n in o.names if n in pred.names]
+        if not common:
+            return None
+        found = np.array([pred.points[pred.names.index(n)] for n in common])
+        errors = np.linalg.norm(found - o.keypoints[[o.names.index(n) for n in common]], axis=1)
+        return float(np.mean(errors <= RELIABLE_WITHIN * o.size))
+
+    def _reranked(self, ranked: list[tuple[str, float]], n: int) -> list[tuple[str, float]]:
+        """Outside the nearest support's scene (``ranked``: every support by thumbnail, best first), the ``n`` best
+        supports by thumbnail similarity + ``reliability_weight`` x reliability; ``ranked[:n]`` as it is in the scene,
+        with one support, or when a support's reliability cannot be told."""
+        cfg = self.cfg
+        if cfg.reliability_weight <= 0 or len(ranked) < 2 or ranked[0][1] >= cfg.verify_scene:
+            return ranked[:n]
+        told = {key: self.reliability(key) for key, _ in ranked}
+        if any(v is None for v in told.values()):
+            return ranked[:n]
+        return sorted(ranked, key=lambda ks: -(ks[1] + cfg.reliability_weight * told[ks[0]]))[:n]
 
     def nearest(self, image: np.ndarray, n: int) -> list[tuple[str, float]]:
         """The ``n`` supports most similar to ``image`` by global descriptor: [(key, similarity)], best first."""
@@ -281,7 +237,7 @@ class FewShotPredictor:
         single = cfg.shortlist == 1
         vote = cfg.vote and single and len(self._supports) >= 3
         more = max(cfg.verify_supports, cfg.blend_supports) if single else 1
-        ranked = self.nearest(image, max(cfg.shortlist, 3 if vote else 1, more))
+        ranked = self._reranked(self.nearest(image, len(self._supports)), max(cfg.shortlist, 3 if vote else 1, more))
         keys = [key for key, _ in ranked]
 
         @functools.cache

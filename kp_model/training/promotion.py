@@ -135,7 +135,10 @@ def served_predictor(
         predictor.add_support(key, image, keypoints, names, described=done)
 
     map_adapting(add, list(zip(shown, described, strict=True)))  # described here in turn unless the pool did
-    return predictor if predictor.is_support_set else None
+    if not predictor.is_support_set:
+        return None
+    predictor.prepare()  # here, once, before it is shipped to the pool's workers
+    return predictor
 
 
 def served_errors(
