@@ -58,7 +58,10 @@ def test_an_answer_off_by_d_leads_back_off_by_2d_and_its_scores_drop() -> None:
     off = FewShotPredictor(Shift, FewShotConfig(vote=False, verify_supports=1, blend_supports=1, cycle_weight=0.0))
     off.add_support("a", support, kps, ["nose", "tail"])
     assert off.predict([support])[0].scores == pytest.approx([0.9, 0.9])
-    assert off._supports["a"].image is None  # nothing kept for a check that is off
+    assert off._supports["a"].image is not None  # kept for the reliability of supports (it reads other supports' images)
+    neither = FewShotPredictor(Shift, FewShotConfig(cycle_weight=0.0, reliability_weight=0.0))
+    neither.add_support("a", support, kps, ["nose", "tail"])
+    assert neither._supports["a"].image is None  # nothing kept when no check reads it
 
 
 def test_on_real_frames_a_flip_does_not_lead_back(mouse_dir) -> None:

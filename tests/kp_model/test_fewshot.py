@@ -13,10 +13,11 @@ ALONE = {"verify_supports": 1, "blend_supports": 1}  # no appearance check, no b
 
 
 def _cfg(**fields) -> FewShotConfig:
-    """The settings of the vote, check and blend tests: the cycle check off (its tests are the last ones), so the
-    engines are asked only by the step tested and scores are those steps' own; twins off (a Recorder answers its own
-    labelled pose, so supports that agree are twins: their tests set twin_radius and use an Answerer)."""
-    return FewShotConfig(**{"cycle_weight": 0.0, "twin_radius": 0.0, **fields})
+    """The settings of the vote, check and blend tests: the cycle check off (its tests are the last ones) and the
+    supports' reliability off (test_fewshot_reliability), so the engines are asked only by the step tested and scores
+    are those steps' own; twins off (a Recorder answers its own labelled pose, so supports that agree are twins:
+    their tests set twin_radius and use an Answerer)."""
+    return FewShotConfig(**{"cycle_weight": 0.0, "reliability_weight": 0.0, "twin_radius": 0.0, **fields})
 
 
 class Recorder:
