@@ -187,7 +187,6 @@ class SupportCache:
                     error = exc
             if not predictor.is_support_set:
                 raise error or SupportError("no usable support annotation")
-            predictor.prepare()  # before it is shared: requests in flight and the worker processes read it as it is
             kept = tuple(ref for ref in refs if ref.key in predictor.support_keys)
             cached = CachedSupport(kept, predictor, engine_version, array_bytes(predictor))
             with self._lock:

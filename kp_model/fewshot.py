@@ -138,17 +138,11 @@ class FewShotPredictor:
         self._supports.pop(key, None)
         self._answered = {pair: v for pair, v in self._answered.items() if key not in pair}
 
-    def prepare(self) -> None:
-        """Do now the per-support-set work that ``predict`` would do on first need (the supports' ``reliability``
-        when it is used): a caller that shares or ships this predictor (threads, worker processes) calls it first."""
-        if self.cfg.reliability_weight > 0 and len(self._supports) >= 2:
-            for key in self._supports:
-                self.reliability(key)
-
     def reliability(self, key: str) -> float | None:
         """Support ``key``'s share of keypoints answered within RELIABLE_WITHIN x the other support's size of its
         labels, over at most ``reliability_images`` other supports of other scenes (thumbnail correlation below
-        ``verify_scene``; the first added); None when there is none (or no kept image). Each pair is matched once."""
+        ``verify_scene``; the first added); None when there is none (or no kept image). Each pair is matched once, when
+        first needed (a query's candidate), and kept with the predictor: its copies and pickles carry what was read."""
         support = self._supports[key]
         if support.image is None:
             return None
@@ -174,16 +168,18 @@ class FewShotPredictor:
         return float(np.mean(errors <= RELIABLE_WITHIN * o.size))
 
     def _reranked(self, ranked: list[tuple[str, float]], n: int) -> list[tuple[str, float]]:
-        """Outside the nearest support's scene (``ranked``: every support by thumbnail, best first), the ``n`` best
-        supports by thumbnail similarity + ``reliability_weight`` x reliability; ``ranked[:n]`` as it is in the scene,
-        with one support, or when a support's reliability cannot be told."""
+        """Outside the nearest support's scene (``ranked``: every support by thumbnail, best first), the
+        ``reliability_candidates`` nearest reordered by thumbnail similarity + ``reliability_weight`` x reliability,
+        then the rest: the first ``n``. ``ranked[:n]`` as it is in the scene, with one support, or when a
+        candidate's reliability cannot be told."""
         cfg = self.cfg
         if cfg.reliability_weight <= 0 or len(ranked) < 2 or ranked[0][1] >= cfg.verify_scene:
             return ranked[:n]
-        told = {key: self.reliability(key) for key, _ in ranked}
+        candidates, rest = ranked[: cfg.reliability_candidates], ranked[cfg.reliability_candidates :]
+        told = {key: self.reliability(key) for key, _ in candidates}
         if any(v is None for v in told.values()):
             return ranked[:n]
-        return sorted(ranked, key=lambda ks: -(ks[1] + cfg.reliability_weight * told[ks[0]]))[:n]
+        return (sorted(candidates, key=lambda ks: -(ks[1] + cfg.reliability_weight * told[ks[0]])) + rest)[:n]
 
     def nearest(self, image: np.ndarray, n: int) -> list[tuple[str, float]]:
         """The ``n`` supports most similar to ``image`` by global descriptor: [(key, similarity)], best first."""

@@ -71,6 +71,9 @@ class FewShotConfig(JsonConfig):
     # one image alone there, the thumbnail alone +0.066; the other half +0.022, the thumbnail alone -0.018
     reliability_images: int = 3  # each support's reliability is read on at most this many other labelled images (the
     # first added): its cost, one match each, paid once per pair of supports
+    reliability_candidates: int = 3  # the nearest supports by thumbnail that compete by reliability (the rest keep
+    # their order): read when first a candidate, so a project of 50 supports pays reliability_images matches per
+    # candidate once, not for every support at once (k = 2, the measured case: both compete)
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -117,3 +120,5 @@ class FewShotConfig(JsonConfig):
             raise ValueError(f"reliability_weight must be >= 0, got {self.reliability_weight}")
         if self.reliability_images < 1:
             raise ValueError(f"reliability_images must be >= 1, got {self.reliability_images}")
+        if self.reliability_candidates < 2:
+            raise ValueError(f"reliability_candidates must be >= 2, got {self.reliability_candidates}")

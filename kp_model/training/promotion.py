@@ -135,10 +135,7 @@ def served_predictor(
         predictor.add_support(key, image, keypoints, names, described=done)
 
     map_adapting(add, list(zip(shown, described, strict=True)))  # described here in turn unless the pool did
-    if not predictor.is_support_set:
-        return None
-    predictor.prepare()  # here, once, before it is shipped to the pool's workers
-    return predictor
+    return predictor if predictor.is_support_set else None
 
 
 def served_errors(

@@ -14,6 +14,7 @@ TRUTH = {  # tag (an image's top-left block) -> the pose labelled in (or true of
     90: [[40.0, 30.0], [30.0, 30.0], [12.0, 36.0]],
     150: [[12.0, 28.0], [22.0, 30.0], [44.0, 40.0]],
     210: [[30.0, 12.0], [30.0, 22.0], [28.0, 44.0]],
+    120: [[16.0, 40.0], [26.0, 36.0], [46.0, 30.0]],
 }
 BAD = 30  # the support whose engine answers nowhere near any individual
 
@@ -99,15 +100,21 @@ def test_in_the_scene_or_when_off_the_thumbnail_decides() -> None:
         FewShotConfig(reliability_weight=-1.0)
     with pytest.raises(ValueError, match="reliability_images"):
         FewShotConfig(reliability_images=0)
+    with pytest.raises(ValueError, match="reliability_candidates"):
+        FewShotConfig(reliability_candidates=1)
 
 
-def test_prepare_reads_every_reliability_before_the_predictor_is_shared() -> None:
-    p = _predictor(1.0)
+def test_only_the_nearest_candidates_are_read_and_copies_carry_what_was_read() -> None:
+    p = FewShotPredictor(Engine, FewShotConfig(cycle_weight=0.0, reliability_candidates=2))
+    for tag in (30, 90, 150, 210):
+        p.add_support(str(tag), image(tag), np.asarray(TRUTH[tag]), NAMES)
+    query = image(120, like=image(BAD))
+    [(first, _), (second, _)] = p.nearest(query, 2)
     Engine.asked = []
-    p.prepare()
-    assert sorted(Engine.asked) == [30, 30, 90, 90, 150, 150]  # each support on the two others' images, once
+    [pred] = p.predict([query])
+    assert first == str(BAD) and Engine.asked[:6] == [BAD] * 3 + [int(second)] * 3  # 2 candidates x 3 other images
+    assert {a for a, _ in p._answered} == {first, second}  # the others were not read
+    np.testing.assert_allclose(pred.points, TRUTH[120])  # the reliable candidate answers
     Engine.asked = []
-    p.copy().predict([image(210, like=image(BAD))])
-    # the copy reads the kept pairs: only the query is matched (by the answering support and the vote's), no pair again
-    assert Engine.asked[0] != BAD and len(Engine.asked) <= 3
-    _predictor(0.0).prepare()  # off: nothing to do
+    p.copy().predict([query])
+    assert Engine.asked[0] == int(second) and len(Engine.asked) <= 3  # the query only: nothing read again
