@@ -236,6 +236,18 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def _versus(entries: list[dict], baseline: str) -> dict:
+    """Per folder entry, few-shot PCK@0.2 against ``baseline``'s on the same queries: how many folders, the mean
+    gain, how many gained and how many lost."""
+    gains = [e["fewshot"]["pck@0.2"] - e[baseline]["pck@0.2"] for e in entries]
+    return {
+        "folders": len(gains),
+        "mean_gain_pck@0.2": _mean(gains),
+        "better": sum(g > 0 for g in gains),
+        "worse": sum(g < 0 for g in gains),
+    }
+
+
 def run_fewshot_bench(
     folders: list[Path], ks: tuple[int, ...] = KS, cfg: FewShotConfig | None = None, engine: PredictorConfig | None = None,
     max_queries: int | None = None,
@@ -274,25 +286,15 @@ def run_fewshot_bench(
             }
             paired = [e for e in entries if "first_only" in e]  # the same queries answered by the first image alone
             if paired:
-                gains = [e["fewshot"]["pck@0.2"] - e["first_only"]["pck@0.2"] for e in paired]
                 summary[tag][k]["first_only_pck@0.2"] = _mean([e["first_only"]["pck@0.2"] for e in paired])
-                summary[tag][k]["vs_first_only"] = {
-                    "folders": len(paired),
-                    "mean_gain_pck@0.2": _mean(gains),
-                    "better": sum(g > 0 for g in gains),
-                    "worse": sum(g < 0 for g in gains),
-                }
+                summary[tag][k]["vs_first_only"] = _versus(paired, "first_only")
         drawn = [r["every_pair"] for r in rows if r.get("every_pair", {}).get("draws")]
         if drawn:
-            gains = [e["fewshot"]["pck@0.2"] - e["alone"]["pck@0.2"] for e in drawn]
             summary[tag]["every_pair_k2"] = {
-                "folders": len(drawn),
                 "fewshot_pck@0.2": _mean([e["fewshot"]["pck@0.2"] for e in drawn]),
                 "alone_pck@0.2": _mean([e["alone"]["pck@0.2"] for e in drawn]),
                 "better_alone_pck@0.2": _mean([e["better_alone"]["pck@0.2"] for e in drawn]),
-                "mean_gain_pck@0.2": _mean(gains),
-                "better": sum(g > 0 for g in gains),
-                "worse": sum(g < 0 for g in gains),
+                **_versus(drawn, "alone"),
             }
         k1 = [r["k"][ks[0]] for r in rows if ks[0] in r["k"] and "today_k1" in r["k"][ks[0]]]
         summary[tag]["today_k1_pck@0.2"] = _mean([e["today_k1"]["pck@0.2"] for e in k1])
